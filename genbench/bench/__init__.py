@@ -1,0 +1,1 @@
+"""Benchmark runner: fit -> evaluate -> result record, the leaderboard and plots."""

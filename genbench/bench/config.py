@@ -1,0 +1,54 @@
+"""The evaluation protocol of a benchmark run (the ``evaluation:`` section of the YAML configs)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SAMPLE_METRICS = ("fid", "kid", "prc")
+
+
+@dataclass
+class EvalConfig:
+    """How a trained model is scored. Every field is recorded with the result.
+
+    Args:
+        num_samples: generated images scored by FID/KID/precision-recall (FID is biased by n: rows are
+            only compared at equal n); 0 skips sample metrics.
+        reference_split: real images the samples are compared with (``test`` or ``train``); the same n.
+        sample_batch_size: images generated per ``model.sample`` call.
+        sample_metrics: any of ``fid``, ``kid``, ``prc`` (precision/recall).
+        kid_subset_size: KID subset size (clipped to n).
+        prc_neighborhood: k of the k-NN manifolds of precision/recall.
+        likelihood_subset: test images scored for bits/dim; ``None`` = the whole test split (the mean is
+            then reported with its standard error over the subset).
+        likelihood_batch_size: images per ``model.log_likelihood`` call.
+        memorization_samples: samples compared with the training set by nearest-neighbour distance
+            (0 skips the check).
+        seed: seed of sample generation (rank r draws with seed + r).
+    """
+
+    num_samples: int = 1000
+    reference_split: str = "test"
+    sample_batch_size: int = 250
+    sample_metrics: list[str] = field(default_factory=lambda: list(SAMPLE_METRICS))
+    kid_subset_size: int = 1000
+    prc_neighborhood: int = 3
+    likelihood_subset: int | None = None
+    likelihood_batch_size: int = 500
+    memorization_samples: int = 500
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_samples < 0:
+            raise ValueError(f"evaluation.num_samples must be >= 0, got {self.num_samples}")
+        if self.reference_split not in ("train", "test"):
+            raise ValueError(f"evaluation.reference_split must be 'train' or 'test', got {self.reference_split!r}")
+        bad = [m for m in self.sample_metrics if m not in SAMPLE_METRICS]
+        if bad:
+            raise ValueError(f"unknown sample metric(s) {bad}; valid: {', '.join(SAMPLE_METRICS)}")
+        if self.likelihood_subset is not None and self.likelihood_subset <= 0:
+            raise ValueError(f"evaluation.likelihood_subset must be positive or null, got {self.likelihood_subset}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

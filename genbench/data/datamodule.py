@@ -1,0 +1,186 @@
+"""One LightningDataModule for every model and every dataset.
+
+A batch is always ``(x, y)``: uint8 images ``[N, C, H, W]`` (float32 points ``[N, 2]`` for the toy2d
+densities) and int64 labels. Models map pixels to their own space with :mod:`genbench.data.transforms`.
+The validation split is carved from the official train split with a seeded permutation; the test split is
+the official one (MNIST: 60k train+val / 10k test).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from genbench.data import sources
+from genbench.data.toy2d import TOY2D, make_toy2d
+
+TOY_TRAIN_SIZE = 50_000
+TOY_TEST_SIZE = 10_000
+TOY_TRAIN_SEED = 0
+TOY_TEST_SEED = 1
+
+
+def dataset_names() -> list[str]:
+    return sorted(sources.IMAGE_DATASETS) + sorted(TOY2D)
+
+
+def dataset_spec(name: str) -> sources.DatasetSpec:
+    if name in sources.IMAGE_DATASETS:
+        return sources.IMAGE_DATASETS[name]
+    if name in TOY2D:
+        return sources.DatasetSpec(name, "points", (2,), 0, TOY2D[name].num_classes)
+    raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(dataset_names())}")
+
+
+class FlipDataset(torch.utils.data.Dataset):
+    """Random horizontal flips of uint8 images (training augmentation; recorded as such)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        img = self.x[i]
+        if torch.rand(()) < 0.5:
+            img = img.flip(-1)
+        return img, self.y[i]
+
+
+class GenDataModule(L.LightningDataModule):
+    """Shared datamodule.
+
+    Args:
+        dataset: one of :func:`dataset_names` (mnist, fashion_mnist, cifar10, digits, or a toy2d density).
+        batch_size: training batch size per device.
+        eval_batch_size: batch size of the validation and test loaders.
+        val_size: images carved out of the official train split for validation
+            (default: a tenth of it, at most 5000).
+        split_seed: seed of the train/validation permutation.
+        num_workers: DataLoader workers (the data is held in memory; 0 is usually fastest).
+        hflip: random horizontal flips during training (changes the likelihood task: it is recorded).
+        train_subset: use only the first N training images (after the split), for quick experiments.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "mnist",
+        batch_size: int = 128,
+        eval_batch_size: int = 256,
+        val_size: int | None = None,
+        split_seed: int = 0,
+        num_workers: int = 0,
+        hflip: bool = False,
+        train_subset: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.spec = dataset_spec(dataset)  # raises a clear error on an unknown name
+        if batch_size <= 0 or eval_batch_size <= 0:
+            raise ValueError(f"batch sizes must be positive, got {batch_size} and {eval_batch_size}")
+        if val_size is not None and val_size < 0:
+            raise ValueError(f"val_size must be >= 0, got {val_size}")
+        self.save_hyperparameters()
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.val_size = val_size
+        self.split_seed = split_seed
+        self.num_workers = num_workers
+        self.hflip = hflip
+        self.train_subset = train_subset
+        self.source: str | None = None
+        self._splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # ------------------------------------------------------------ metadata linked into the models
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        return self.spec.shape
+
+    @property
+    def num_levels(self) -> int:
+        return self.spec.levels
+
+    @property
+    def num_classes(self) -> int:
+        return self.spec.num_classes
+
+    @property
+    def is_continuous(self) -> bool:
+        return self.spec.kind == "points"
+
+    # ------------------------------------------------------------ Lightning hooks
+    def prepare_data(self) -> None:
+        if not self.is_continuous:
+            sources.prepare(self.dataset)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._splits:
+            return
+        if self.is_continuous:
+            density = make_toy2d(self.dataset)
+            tx, ty = density.sample(TOY_TRAIN_SIZE, torch.Generator().manual_seed(TOY_TRAIN_SEED))
+            sx, sy = density.sample(TOY_TEST_SIZE, torch.Generator().manual_seed(TOY_TEST_SEED))
+            self.source = f"toy2d:{self.dataset}"
+        else:
+            s = sources.load(self.dataset)
+            tx, ty, sx, sy = (torch.from_numpy(np.array(a, copy=True)) for a in (s.train_x, s.train_y, s.test_x, s.test_y))
+            self.source = s.source
+        val_size = min(5000, len(tx) // 10) if self.val_size is None else self.val_size
+        if val_size >= len(tx):
+            raise ValueError(f"val_size={val_size} leaves no training data ({len(tx)} train examples)")
+        self.resolved_val_size = val_size
+        perm = torch.randperm(len(tx), generator=torch.Generator().manual_seed(self.split_seed))
+        val_idx, train_idx = perm[:val_size], perm[val_size:]
+        if self.train_subset is not None:
+            train_idx = train_idx[: self.train_subset]
+        self._splits = {
+            "train": (tx[train_idx], ty[train_idx]),
+            "val": (tx[val_idx], ty[val_idx]),
+            "test": (sx, sy),
+        }
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole ``train``/``val``/``test`` split as tensors (un-augmented)."""
+        if not self._splits:
+            self.prepare_data()
+            self.setup()
+        if name not in self._splits:
+            raise ValueError(f"unknown split {name!r}; valid: train, val, test")
+        return self._splits[name]
+
+    def _loader(self, name: str, shuffle: bool, batch_size: int, drop_last: bool = False) -> DataLoader:
+        x, y = self.split(name)
+        ds = FlipDataset(x, y) if (name == "train" and self.hflip) else TensorDataset(x, y)
+        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          drop_last=drop_last, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True, self.batch_size, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False, self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False, self.eval_batch_size)
+
+    # ------------------------------------------------------------ recorded with every result
+    def describe(self) -> dict[str, Any]:
+        val_x, _ = self.split("val")
+        digest = hashlib.sha256(val_x.numpy().tobytes()).hexdigest()[:16]
+        return {
+            "dataset": self.dataset,
+            "kind": self.spec.kind,
+            "shape": list(self.data_shape),
+            "levels": self.num_levels,
+            "num_classes": self.num_classes,
+            "source": self.source,
+            "sizes": {k: len(v[0]) for k, v in self._splits.items()},
+            "val_split": {"size": self.resolved_val_size, "seed": self.split_seed, "sha256_16": digest},
+            "augmentation": "hflip" if self.hflip else "none",
+        }

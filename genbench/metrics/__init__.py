@@ -1,0 +1,1 @@
+"""Metrics: likelihood accounting (bits/dim) and sample quality (FID/KID/precision-recall)."""

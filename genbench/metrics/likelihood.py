@@ -1,0 +1,140 @@
+"""Likelihood accounting shared by every model.
+
+All log-likelihoods in genbench are natural-log values per example of the *discrete* data. The one
+conversion to bits per dimension lives here (:func:`bpd`), together with the accounting for mapping
+discrete pixels into a continuous model space (:func:`discrete_nll_from_density`), the Gaussian KL and
+the discretized Gaussian / logistic decoders used by the VAE and the DDPM bound.
+
+Model space convention: pixel values ``k in {0, ..., L-1}`` map to ``2k/(L-1) - 1`` in [-1, 1]; a bin is
+``2/(L-1)`` wide, and the two edge bins are open (they extend to -inf and +inf) so that the probabilities
+of all L levels sum to one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+LN2 = math.log(2.0)
+
+
+def bpd(nll_nats: torch.Tensor | float, num_dims: int) -> torch.Tensor | float:
+    """Bits per dimension from a negative log-likelihood in nats per example.
+
+    ``num_dims`` is the number of data dimensions at the dataset's native resolution (C*H*W): no padding
+    or resizing may be counted into it.
+    """
+    if num_dims <= 0:
+        raise ValueError(f"num_dims must be positive, got {num_dims}")
+    return nll_nats / (num_dims * LN2)
+
+
+def discrete_nll_from_density(
+    log_density_model_space: torch.Tensor,
+    logdet_to_model_space: torch.Tensor | float,
+    num_dims: int,
+    levels: int,
+) -> torch.Tensor:
+    """Upper bound on -log P(x) for discrete data from a continuous density with uniform dequantization.
+
+    The data x in {0..L-1}^D is dequantized to v = (x + u) / L with u ~ U[0,1)^D, then mapped to model
+    space z = f(v) (a scaling to [-1, 1], a logit, ...) whose log|det df/dv| is ``logdet_to_model_space``.
+    Then by Jensen (Theis et al. 2016)
+
+        log P(x) >= E_u[ log p_z(f(v)) + log|det df/dv| ] - D log L,
+
+    so the returned value ``-(log p_z + logdet) + D log L`` (nats per example) is a single-sample estimate
+    of an upper bound on the discrete NLL. A uniform density on [0, 1]^D gives exactly D log L, i.e.
+    log2(L) bits per dimension.
+    """
+    return -(log_density_model_space + logdet_to_model_space) + num_dims * math.log(levels)
+
+
+def normal_kl(
+    mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor
+) -> torch.Tensor:
+    """Elementwise KL( N(mean1, exp(logvar1)) || N(mean2, exp(logvar2)) ) in nats."""
+    mean1, logvar1, mean2, logvar2 = torch.broadcast_tensors(
+        torch.as_tensor(mean1), torch.as_tensor(logvar1), torch.as_tensor(mean2), torch.as_tensor(logvar2)
+    )
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+
+
+def discretized_gaussian_log_likelihood(
+    x: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor, levels: int = 256
+) -> torch.Tensor:
+    """Elementwise log-probability of discrete pixels under a discretized Gaussian (Ho et al. 2020, L_0).
+
+    ``x`` holds pixel values already mapped to model space (``2k/(L-1) - 1``); ``means`` and ``log_scales``
+    (log standard deviations) are in the same space. Edge bins are open, so the probabilities of the L
+    levels sum to one exactly. Computed in the input dtype; pass float64 for evaluation.
+    """
+    if levels < 2:
+        raise ValueError(f"levels must be >= 2, got {levels}")
+    half_bin = 1.0 / (levels - 1)
+    centered = x - means
+    inv_stdv = torch.exp(-log_scales)
+    plus_in = inv_stdv * (centered + half_bin)
+    min_in = inv_stdv * (centered - half_bin)
+    normal = torch.distributions.Normal(torch.zeros((), dtype=x.dtype), torch.ones((), dtype=x.dtype))
+    cdf_plus = normal.cdf(plus_in)
+    cdf_min = normal.cdf(min_in)
+    # log Phi(a) and log(1 - Phi(b)) = log Phi(-b), computed stably with torch.special.log_ndtr.
+    log_cdf_plus = torch.special.log_ndtr(plus_in)
+    log_one_minus_cdf_min = torch.special.log_ndtr(-min_in)
+    # In the far tails cdf_plus - cdf_min underflows: use log(pdf * width) there.
+    cdf_delta = cdf_plus - cdf_min
+    log_mid = torch.where(
+        cdf_delta > 1e-12,
+        torch.log(cdf_delta.clamp(min=torch.finfo(x.dtype).tiny)),
+        normal.log_prob(inv_stdv * centered) - log_scales + math.log(2 * half_bin),
+    )
+    return torch.where(
+        x < -1.0 + half_bin,
+        log_cdf_plus,
+        torch.where(x > 1.0 - half_bin, log_one_minus_cdf_min, log_mid),
+    )
+
+
+def discretized_logistic_log_likelihood(
+    x: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor, levels: int = 256
+) -> torch.Tensor:
+    """Elementwise log-probability of discrete pixels under a discretized logistic (Salimans et al. 2017).
+
+    Same conventions as :func:`discretized_gaussian_log_likelihood`; ``log_scales`` is the log of the
+    logistic scale parameter. Stable in all regimes (log-sigmoid at the open edges, a density
+    approximation where the bin mass underflows).
+    """
+    if levels < 2:
+        raise ValueError(f"levels must be >= 2, got {levels}")
+    half_bin = 1.0 / (levels - 1)
+    centered = x - means
+    inv_s = torch.exp(-log_scales)
+    plus_in = inv_s * (centered + half_bin)
+    min_in = inv_s * (centered - half_bin)
+    log_cdf_plus = torch.nn.functional.logsigmoid(plus_in)  # log sigmoid(plus_in), for the lowest level
+    log_one_minus_cdf_min = torch.nn.functional.logsigmoid(-min_in)  # for the highest level
+    cdf_delta = torch.sigmoid(plus_in) - torch.sigmoid(min_in)
+    mid_in = inv_s * centered
+    log_pdf_mid = mid_in - log_scales - 2.0 * torch.nn.functional.softplus(mid_in)
+    log_mid = torch.where(
+        cdf_delta > 1e-5,
+        torch.log(cdf_delta.clamp(min=torch.finfo(x.dtype).tiny)),
+        log_pdf_mid + math.log(2 * half_bin),
+    )
+    return torch.where(
+        x < -1.0 + half_bin,
+        log_cdf_plus,
+        torch.where(x > 1.0 - half_bin, log_one_minus_cdf_min, log_mid),
+    )
+
+
+def mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:
+    """Mean and standard error of the mean of a 1-D tensor (float64)."""
+    v = values.detach().to(torch.float64).flatten()
+    if v.numel() == 0:
+        raise ValueError("mean_and_stderr of an empty tensor")
+    if v.numel() == 1:
+        return float(v.item()), float("nan")
+    return float(v.mean().item()), float(v.std(unbiased=True).item() / math.sqrt(v.numel()))

@@ -1,0 +1,109 @@
+"""The contract every generative model in genbench keeps (design.md section 3).
+
+The evaluation harness only ever calls what is defined here, so it never branches on the model type:
+
+* ``sample(n, generator=None)`` returns ``torch.uint8`` images ``[n, C, H, W]`` on the dataset's pixel grid
+  (continuous datasets such as ``toy2d`` return float32 points ``[n, 2]``);
+* ``log_likelihood(x)`` returns float64 log-likelihoods in nats per example of the *discrete* data: exact
+  for flows, a lower bound for the VAE and DDPM (``likelihood_kind`` says which), and for GANs it raises
+  :class:`LikelihoodUnavailable` because the model defines no density;
+* ``family``, ``likelihood_kind`` and :meth:`describe` give the metadata the result record stores.
+
+Models log through ``self.log`` only; nothing W&B-specific lives in ``genbench.models``.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from typing import Any, ClassVar
+
+import lightning as L
+import torch
+
+from genbench.data.transforms import check_images
+
+LIKELIHOOD_EXACT = "exact"  # the model's own exact discrete log-likelihood (up to dequantization: see record)
+LIKELIHOOD_BOUND = "bound"  # a variational / importance-weighted lower bound on log-likelihood
+LIKELIHOOD_NONE = "none"  # no density (GAN)
+
+FAMILIES = ("gan", "vae", "flow", "diffusion")
+
+
+class LikelihoodUnavailable(NotImplementedError):
+    """Raised by ``log_likelihood`` of a model that defines no density (GANs)."""
+
+
+class GenerativeModel(L.LightningModule, abc.ABC):
+    """Base class of every genbench model.
+
+    Subclasses call ``super().__init__(data_shape=..., num_levels=..., num_classes=...)`` and then
+    ``self.save_hyperparameters()``. ``data_shape``, ``num_levels`` and ``num_classes`` are linked from the
+    datamodule by the CLI, so configs never repeat them.
+    """
+
+    family: ClassVar[str] = ""
+    likelihood_kind: ClassVar[str] = LIKELIHOOD_NONE
+
+    def __init__(self, data_shape: tuple[int, ...], num_levels: int, num_classes: int) -> None:
+        super().__init__()
+        if self.family not in FAMILIES:
+            raise TypeError(f"{type(self).__name__}.family must be one of {FAMILIES}, got {self.family!r}")
+        self.data_shape = tuple(int(s) for s in data_shape)
+        self.num_levels = int(num_levels)
+        self.num_classes = int(num_classes)
+
+    # ------------------------------------------------------------------ the contract
+    @abc.abstractmethod
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` samples as uint8 ``[n, *data_shape]`` (float32 for continuous data), in eval mode."""
+
+    @abc.abstractmethod
+    def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
+        """float64 ``[N]``: log P(x) in nats per example (exact or a lower bound, see ``likelihood_kind``)."""
+
+    def likelihood_info(self) -> dict[str, Any]:
+        """What ``log_likelihood`` computes: ``kind`` plus family-specific protocol (estimator, k, T...)."""
+        return {"kind": self.likelihood_kind}
+
+    def sampler_info(self) -> dict[str, Any]:
+        """How ``sample`` draws (sampler, steps, EMA, eval mode...), recorded beside sample metrics."""
+        return {"eval_mode": True}
+
+    # ------------------------------------------------------------------ shared helpers
+    @property
+    def is_continuous(self) -> bool:
+        return self.num_levels == 0
+
+    @property
+    def num_dims(self) -> int:
+        return math.prod(self.data_shape)
+
+    def check_input(self, x: torch.Tensor, name: str = "x") -> None:
+        """Validate a batch given to the contract (dtype, shape, range) with a clear error."""
+        if self.is_continuous:
+            if not isinstance(x, torch.Tensor) or not torch.is_floating_point(x):
+                raise TypeError(f"{name} must be a floating-point tensor for continuous data, got {getattr(x, 'dtype', type(x))}")
+            if tuple(x.shape[1:]) != self.data_shape:
+                raise ValueError(f"{name} must have shape [N, {', '.join(map(str, self.data_shape))}], got {list(x.shape)}")
+            if not torch.isfinite(x).all():
+                raise ValueError(f"{name} contains non-finite values")
+        else:
+            check_images(x, self.data_shape, self.num_levels, name)
+
+    def check_sample_count(self, n: int) -> None:
+        if not isinstance(n, int) or n < 0:
+            raise ValueError(f"n must be a non-negative int, got {n!r}")
+
+    def num_parameters(self) -> int:
+        """Trainable parameters of the model that is sampled / scored (EMA copies are not counted twice)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "family": self.family,
+            "model": type(self).__name__,
+            "params": self.num_parameters(),
+            "likelihood": self.likelihood_info(),
+            "sampler": self.sampler_info(),
+        }
