@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import math
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import lightning as L
@@ -65,6 +66,15 @@ class GenerativeModel(L.LightningModule, abc.ABC):
     def likelihood_info(self) -> dict[str, Any]:
         """What ``log_likelihood`` computes: ``kind`` plus family-specific protocol (estimator, k, T...)."""
         return {"kind": self.likelihood_kind}
+
+    def likelihood_variants(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+        """Further log-likelihood estimates the record reports beside the main one, by name.
+
+        Each maps uint8 ``x`` to float64 nats per example, like :meth:`log_likelihood` (e.g. the VAE's
+        ``{"elbo": ...}`` beside its importance-weighted bound). The harness scores them on the same images
+        and records them as ``bpd_<name>``.
+        """
+        return {}
 
     def sampler_info(self) -> dict[str, Any]:
         """How ``sample`` draws (sampler, steps, EMA, eval mode...), recorded beside sample metrics."""
