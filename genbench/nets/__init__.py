@@ -1,0 +1,1 @@
+"""Plain nn.Modules (UNet, DCGAN G/D, conv encoder/decoder, coupling layers); no diffusion or model logic."""
