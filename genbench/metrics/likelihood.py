@@ -138,3 +138,31 @@ def mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:
     if v.numel() == 1:
         return float(v.item()), float("nan")
     return float(v.mean().item()), float(v.std(unbiased=True).item() / math.sqrt(v.numel()))
+
+
+def discretized_logistic_mixture_log_likelihood(
+    x: torch.Tensor,
+    logit_weights: torch.Tensor,
+    means: torch.Tensor,
+    log_scales: torch.Tensor,
+    levels: int = 256,
+) -> torch.Tensor:
+    """Elementwise log-probability of discrete pixels under a mixture of discretized logistics.
+
+    ``x`` has shape ``[N, ...]`` (model space, as in :func:`discretized_logistic_log_likelihood`); the
+    mixture parameters have shape ``[N, K, ...]`` with the K components along dim 1, each component with
+    its own open-edged discretized logistic, mixed by ``softmax(logit_weights, dim=1)``. Every pixel has its
+    own mixture (no coupling between channels). Returns ``[N, ...]``; the probabilities of the L levels
+    sum to one for every pixel.
+    """
+    if not (logit_weights.shape == means.shape == log_scales.shape):
+        raise ValueError(
+            f"mixture parameters must share one shape, got {list(logit_weights.shape)}, {list(means.shape)}, "
+            f"{list(log_scales.shape)}"
+        )
+    if means.dim() != x.dim() + 1 or means.shape[0] != x.shape[0] or means.shape[2:] != x.shape[1:]:
+        raise ValueError(
+            f"mixture parameters must have shape [N, K, ...] for x {list(x.shape)}, got {list(means.shape)}"
+        )
+    log_component = discretized_logistic_log_likelihood(x.unsqueeze(1), means, log_scales, levels)
+    return torch.logsumexp(torch.log_softmax(logit_weights, dim=1) + log_component, dim=1)

@@ -1,0 +1,67 @@
+"""Callbacks the bench runner attaches to every fit: training throughput and sample grids.
+
+They stay outside ``genbench.models`` so that models log only through ``self.log``; the W&B-specific
+part (images) lives here and works with any logger that has ``log_image``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from genbench.bench.plots import save_sample_grid
+
+
+class TrainThroughput(L.Callback):
+    """Wall time spent in training batches and images/s across all ranks (validation time excluded).
+
+    The totals are part of the callback state, so a resumed run keeps counting where it stopped.
+    """
+
+    def __init__(self) -> None:
+        self.train_seconds = 0.0
+        self.images = 0
+        self._t0: float | None = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._t0 is not None:
+            self.train_seconds += time.perf_counter() - self._t0
+            self.images += int(batch[0].shape[0]) * trainer.world_size
+            self._t0 = None
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.train_seconds if self.train_seconds > 0 else float("nan")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_seconds": self.train_seconds, "images": self.images}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.train_seconds = float(state_dict.get("train_seconds", 0.0))
+        self.images = int(state_dict.get("images", 0))
+
+
+class SampleGrid(L.Callback):
+    """After each validation: a fixed-seed sample grid saved under ``dirpath`` and sent to the logger."""
+
+    def __init__(self, dirpath: Path, n: int = 64, seed: int = 0) -> None:
+        self.dirpath = Path(dirpath)
+        self.n = n
+        self.seed = seed
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        samples = pl_module.sample(self.n, generator=torch.Generator().manual_seed(self.seed))
+        path = save_sample_grid(samples, self.dirpath / f"step{trainer.global_step:07d}.png",
+                                title=f"step {trainer.global_step}", levels=max(pl_module.num_levels, 2))
+        for logger in trainer.loggers:
+            if hasattr(logger, "log_image"):
+                logger.log_image(key="samples", images=[str(path)], step=trainer.global_step)

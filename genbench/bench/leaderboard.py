@@ -1,0 +1,314 @@
+"""``python -m genbench leaderboard``: result records -> ``benchmarks/leaderboard.md`` and ``.html``.
+
+One table per dataset x profile. genbench's rows aggregate the records of one model over seeds (mean, and
+std when there are several seeds; one seed = its latest record), so reruns never duplicate a row. Beside
+them: the real-vs-real FID floor at the same n, the per-pixel histogram bits/dim baseline computed from
+the data, and published reference rows from ``benchmarks/reference.yaml``, each marked as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from genbench.bench.record import ResultRecord, atomic_write_text, load_records
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+LOWER_IS_BETTER = {"bpd": True, "fid": True, "kid": True, "precision": False, "recall": False}
+COLUMNS = ["source", "family", "model", "bpd", "fid", "kid", "precision", "recall", "params", "train_time",
+           "train_images_per_s", "sample_images_per_s", "seeds"]
+HEADERS = {"source": "", "family": "family", "model": "model", "bpd": "bits/dim", "fid": "FID", "kid": "KID",
+           "precision": "precision", "recall": "recall", "params": "params", "train_time": "train time",
+           "train_images_per_s": "train img/s", "sample_images_per_s": "sample img/s", "seeds": "seeds"}
+
+
+def _value(record: ResultRecord, key: str) -> float | None:
+    m = record.metrics.get(key)
+    if isinstance(m, dict) and isinstance(m.get("value"), (int, float)) and m.get("available", True):
+        return float(m["value"])
+    return None
+
+
+def _agg(values: list[float | None]) -> tuple[float | None, float | None]:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return None, None
+    mean = sum(vals) / len(vals)
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else None
+    return mean, std
+
+
+def _fmt(mean: float | None, std: float | None, digits: int) -> str:
+    if mean is None:
+        return "—"
+    s = f"{mean:.{digits}f}"
+    return s + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
+def _fmt_params(n: float | None) -> str:
+    if n is None:
+        return "—"
+    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
+
+
+def _fmt_time(s: float | None) -> str:
+    if s is None:
+        return "—"
+    return f"{s / 60:.1f} min" if s < 3600 else f"{s / 3600:.1f} h"
+
+
+def table_rows(records: list[ResultRecord]) -> list[dict[str, Any]]:
+    """genbench's rows for one dataset x profile: one per model, aggregated over seeds."""
+    by_model: dict[str, list[ResultRecord]] = defaultdict(list)
+    for r in records:
+        by_model[r.model].append(r)
+    rows = []
+    for model, recs in sorted(by_model.items()):
+        first = recs[0]
+        row: dict[str, Any] = {"source": "genbench", "family": first.family, "model": model,
+                               "seeds": len(recs), "_num": {}}
+        for key in ("bpd", "fid", "kid", "precision", "recall"):
+            mean, std = _agg([_value(r, key) for r in recs])
+            row["_num"][key] = mean
+            digits = 3 if key in ("bpd", "precision", "recall") else (4 if key == "kid" else 1)
+            text = _fmt(mean, std, digits)
+            m = first.metrics.get(key, {})
+            if key == "bpd" and mean is not None:
+                kind = m.get("kind", "?")
+                est = m.get("estimator")
+                text += f" ({kind}{', ' + str(est) if est else ''})"
+            if key == "fid" and mean is not None:
+                text += f" @{m.get('n')} vs {m.get('reference_split')}"
+            if key == "bpd" and m.get("available") is False:
+                text = "n/a (no density)"
+            row[key] = text
+        row["params"] = _fmt_params(first.params)
+        row["train_time"] = _fmt_time(_agg([r.train.get("wall_time_s") for r in recs])[0])
+        row["train_images_per_s"] = _fmt(*_agg([r.train.get("images_per_s") for r in recs]), 1)
+        row["sample_images_per_s"] = _fmt(*_agg([(r.metrics.get("sampling") or {}).get("images_per_s") for r in recs]), 1)
+        rows.append(row)
+    return rows
+
+
+def _mark_best(rows: list[dict[str, Any]]) -> None:
+    for key, lower in LOWER_IS_BETTER.items():
+        vals = [(r["_num"][key], i) for i, r in enumerate(rows) if r["_num"].get(key) is not None]
+        if len(vals) < 2:
+            continue
+        best = (min if lower else max)(vals)[1]
+        rows[best][key] = f"**{rows[best][key]}**"
+
+
+def reference_rows(dataset: str, reference_file: Path) -> list[dict[str, Any]]:
+    if not reference_file.is_file():
+        return []
+    rows = []
+    for ref in yaml.safe_load(reference_file.read_text()) or []:
+        if ref.get("dataset") != dataset:
+            continue
+        bpd = f"{ref['bpd']:.2f} ({ref.get('bpd_kind', '?')})" if "bpd" in ref else "—"
+        fid = f"{ref['fid']:.2f}" if "fid" in ref else "—"
+        rows.append({"source": "published", "family": ref.get("family", ""), "model": ref["model"], "bpd": bpd,
+                     "fid": fid, "kid": "—", "precision": "—", "recall": "—", "params": "—", "train_time": "—",
+                     "train_images_per_s": "—", "sample_images_per_s": "—", "seeds": "—",
+                     "_note": f"{ref.get('citation', '')}; {ref.get('protocol', '')}"})
+    return rows
+
+
+def baseline_rows(dataset: str, records: list[ResultRecord]) -> list[dict[str, Any]]:
+    """The real-vs-real FID floor (from the records) and the per-pixel histogram bpd (from the data)."""
+    rows = []
+    floors = [r.metrics.get("fid_floor") for r in records if isinstance(r.metrics.get("fid_floor"), dict)]
+    floors = [f for f in floors if isinstance(f.get("value"), (int, float))]
+    if floors:
+        f = floors[-1]
+        rows.append({"source": "floor", "family": "real data", "model": f"real vs real ({f.get('protocol', '')})",
+                     "bpd": "—", "fid": f"{f['value']:.1f} @{f.get('n')}", "kid": _fmt((f.get('kid') or None), None, 4)
+                     if isinstance(f.get("kid"), (int, float)) else "—", "precision": "—", "recall": "—",
+                     "params": "—", "train_time": "—", "train_images_per_s": "—", "sample_images_per_s": "—",
+                     "seeds": "—"})
+    hist = _pixel_histogram(dataset)
+    if hist is not None:
+        rows.append({"source": "baseline", "family": "—", "model": "per-pixel histogram (fit on train)",
+                     "bpd": f"{hist:.3f} (exact)", "fid": "—", "kid": "—", "precision": "—", "recall": "—",
+                     "params": "—", "train_time": "—", "train_images_per_s": "—", "sample_images_per_s": "—",
+                     "seeds": "—"})
+    return rows
+
+
+def _pixel_histogram(dataset: str) -> float | None:
+    try:
+        import torch
+
+        from genbench.data import GenDataModule
+        from genbench.metrics.baselines import pixel_histogram_bpd
+
+        dm = GenDataModule(dataset)
+        if dm.is_continuous:
+            return None
+        dm.prepare_data()
+        dm.setup()
+        train = torch.cat([dm.split("train")[0], dm.split("val")[0]])
+        return pixel_histogram_bpd(train, dm.split("test")[0], dm.num_levels)
+    except Exception:  # a dataset without an offline source simply has no baseline row
+        return None
+
+
+def _markdown_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(HEADERS[c] for c in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for r in rows:
+        lines.append("| " + " | ".join(str(r.get(c, "—")) for c in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def build_tables(results_dir: Path, reference_file: Path) -> list[dict[str, Any]]:
+    records = load_records(results_dir)
+    groups: dict[tuple[str, str], list[ResultRecord]] = defaultdict(list)
+    for r in records:
+        groups[(r.dataset, r.profile)].append(r)
+    tables = []
+    for (dataset, profile), recs in sorted(groups.items()):
+        ours = table_rows(recs)
+        _mark_best(ours)
+        tables.append({"dataset": dataset, "profile": profile, "records": recs, "ours": ours,
+                       "baselines": baseline_rows(dataset, recs), "references": reference_rows(dataset, reference_file)})
+    return tables
+
+
+def render_markdown(tables: list[dict[str, Any]]) -> str:
+    out = ["# genbench leaderboard", "",
+           "Generated by `make leaderboard` from `benchmarks/results/*.json`. Rows marked *genbench* are this "
+           "project's runs (mean ± std over seeds where there are several; otherwise the latest record of the "
+           "one seed). FID/KID are only comparable at equal n and reference split; *floor* is real-vs-real "
+           "at the same n; *baseline* is an independent per-pixel categorical fitted on the training split; "
+           "*published* rows are quoted from the papers (see the notes) under their own protocols. "
+           "Bits/dim are bounds where marked `bound`. **Bold** = best genbench value in the table.", ""]
+    for t in tables:
+        out += [f"## {t['dataset']} — profile `{t['profile']}`", "",
+                _markdown_table(t["ours"] + t["baselines"] + t["references"]), ""]
+        notes = [f"- {r['model']}: {r['_note']}" for r in t["references"]]
+        protos = sorted({f"{r.model}: sampler {r.metrics.get('sampling', {}).get('sampler', 'n/a')}, "
+                         f"steps {r.metrics.get('sampling', {}).get('steps', 'n/a')}" for r in t["records"]
+                         if r.metrics.get("sampling", {}).get("sampler")})
+        if protos:
+            out += ["Samplers: " + "; ".join(protos), ""]
+        if notes:
+            out += ["Published rows:", *notes, ""]
+    return "\n".join(out) + "\n"
+
+
+def _png_b64(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight", dpi=90)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _plots(table: dict[str, Any]) -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots = []
+    recs = table["records"]
+    pts = [(r.family, r.model, _value(r, "bpd"), _value(r, "fid")) for r in recs]
+    pts = [p for p in pts if p[2] is not None and p[3] is not None]
+    if pts:
+        fig, ax = plt.subplots(figsize=(4.5, 3.5))
+        for fam, model, b, f in pts:
+            ax.scatter(b, f, label=f"{model} ({fam})")
+        ax.set_xlabel("bits/dim (lower is better)")
+        ax.set_ylabel("FID (lower is better)")
+        ax.legend(fontsize=7)
+        plots.append(("bits/dim against FID by family", _png_b64(fig)))
+        plt.close(fig)
+    curves = [(r.model, r.train.get("curves", {})) for r in recs if r.train.get("curves")]
+    if curves:
+        keys = sorted({k for _, c in curves for k in c})
+        fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
+        for ax, key in zip(axes[0], keys, strict=True):
+            for model, c in curves:
+                if key in c and c[key]:
+                    steps, vals = zip(*c[key], strict=True)
+                    ax.plot(steps, vals, label=model)
+            ax.set_title(key, fontsize=9)
+            ax.set_xlabel("step")
+            ax.legend(fontsize=7)
+        plots.append(("training curves", _png_b64(fig)))
+        plt.close(fig)
+    sweeps = [(r.model, r.metrics.get("fid_vs_steps")) for r in recs if r.metrics.get("fid_vs_steps")]
+    if sweeps:
+        fig, ax = plt.subplots(figsize=(4.5, 3.5))
+        for model, sweep in sweeps:
+            ax.plot([s["steps"] for s in sweep], [s["fid"] for s in sweep], marker="o", label=model)
+        ax.set_xscale("log")
+        ax.set_xlabel("sampler steps")
+        ax.set_ylabel("FID")
+        ax.legend(fontsize=7)
+        plots.append(("DDPM FID against sampler steps", _png_b64(fig)))
+        plt.close(fig)
+    return plots
+
+
+def render_html(tables: list[dict[str, Any]], results_dir: Path) -> str:
+    def cell(v: Any) -> str:
+        s = html.escape(str(v))
+        if s.startswith("**") and s.endswith("**"):
+            return f"<b>{s[2:-2]}</b>"
+        return s
+
+    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>genbench leaderboard</title><style>"
+             "body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;font-size:13px}"
+             "td,th{border:1px solid #ccc;padding:3px 6px}tr.published{color:#666;font-style:italic}"
+             "tr.floor,tr.baseline{background:#f4f4f4}.grids img{width:220px;margin:4px}</style></head><body>",
+             "<h1>genbench leaderboard</h1><p>From <code>benchmarks/results/*.json</code>. genbench rows: mean ± std "
+             "over seeds (latest record for one seed). FID/KID comparable only at equal n and reference split. "
+             "Published rows are quoted under their papers' protocols.</p>"]
+    for t in tables:
+        parts.append(f"<h2>{html.escape(t['dataset'])} — profile {html.escape(t['profile'])}</h2><table><tr>")
+        parts.append("".join(f"<th>{html.escape(HEADERS[c])}</th>" for c in COLUMNS) + "</tr>")
+        for r in t["ours"] + t["baselines"] + t["references"]:
+            title = f" title='{html.escape(r['_note'], quote=True)}'" if "_note" in r else ""
+            parts.append(f"<tr class='{r['source']}'{title}>" + "".join(f"<td>{cell(r.get(c, '—'))}</td>" for c in COLUMNS) + "</tr>")
+        parts.append("</table>")
+        for caption, b64 in _plots(t):
+            parts.append(f"<figure><img src='data:image/png;base64,{b64}'><figcaption>{html.escape(caption)}</figcaption></figure>")
+        grids = []
+        for r in t["records"]:
+            p = results_dir / r.artifacts.get("sample_grid", "")
+            if r.artifacts.get("sample_grid") and p.is_file():
+                b64 = base64.b64encode(p.read_bytes()).decode()
+                grids.append(f"<figure><img src='data:image/png;base64,{b64}'><figcaption>{html.escape(r.run_id)}</figcaption></figure>")
+        if grids:
+            parts.append("<div class='grids' style='display:flex;flex-wrap:wrap'>" + "".join(grids) + "</div>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def build(results_dir: Path, out_dir: Path, reference_file: Path | None = None) -> list[Path]:
+    """Write leaderboard.md and leaderboard.html into ``out_dir`` (atomically); returns their paths."""
+    reference_file = reference_file or (REPO_ROOT / "benchmarks" / "reference.yaml")
+    tables = build_tables(Path(results_dir), reference_file)
+    md, page = Path(out_dir) / "leaderboard.md", Path(out_dir) / "leaderboard.html"
+    atomic_write_text(md, render_markdown(tables))
+    atomic_write_text(page, render_html(tables, Path(results_dir)))
+    return [md, page]
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m genbench leaderboard", description=__doc__.split("\n\n")[0])
+    p.add_argument("--results-dir", type=Path, default=REPO_ROOT / "benchmarks" / "results")
+    p.add_argument("--out-dir", type=Path, default=REPO_ROOT / "benchmarks")
+    p.add_argument("--reference", type=Path, default=REPO_ROOT / "benchmarks" / "reference.yaml")
+    args = p.parse_args(argv)
+    for path in build(args.results_dir, args.out_dir, args.reference):
+        print(f"genbench: wrote {path}")
+    return 0

@@ -1,0 +1,142 @@
+"""The result record: one JSON file per benchmark run under ``benchmarks/results/``.
+
+A typed schema (:class:`ResultRecord`) that the bench runner writes and the leaderboard reads. Files are
+written atomically (a temporary file in the same directory, fsynced, then ``os.replace``), so a crash or a
+concurrent run never leaves a half-written record, and an earlier record is never lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+LIBRARIES = ("torch", "torchvision", "lightning", "torchmetrics", "torch-fidelity", "wandb", "datasets", "numpy")
+SECRET_MARKERS = ("api_key", "apikey", "token", "password", "secret")
+
+
+@dataclass
+class ResultRecord:
+    run_id: str
+    model: str
+    family: str
+    dataset: str
+    profile: str
+    seed: int
+    metrics: dict[str, Any]
+    params: int
+    train: dict[str, Any]
+    evaluation: dict[str, Any]
+    data: dict[str, Any]
+    model_info: dict[str, Any]
+    environment: dict[str, Any]
+    config: dict[str, Any]
+    artifacts: dict[str, str] = field(default_factory=dict)
+    created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(redact(asdict(self)), indent=2, sort_keys=False, default=_json_default) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ResultRecord:
+        if d.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(f"result record schema {d.get('schema_version')!r} is not {SCHEMA_VERSION}")
+        names = {f.name for f in fields(cls)}
+        required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+        missing = [n for n in required if n not in d]
+        if missing:
+            raise ValueError(f"result record lacks {missing}")
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)
+
+
+def redact(obj: Any) -> Any:
+    """Drop values whose key names a secret (API keys, tokens): they never reach a record or config dump."""
+    if isinstance(obj, dict):
+        return {k: ("<redacted>" if any(m in str(k).lower() for m in SECRET_MARKERS) else redact(v)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [redact(v) for v in obj]
+    return obj
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically; raises a clear error when the directory is not writable."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise OSError(f"cannot write {path}: {err.strerror or err}; choose a writable directory") from err
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_record(record: ResultRecord, results_dir: Path) -> Path:
+    path = Path(results_dir) / f"{record.run_id}.json"
+    atomic_write_text(path, record.to_json())
+    return path
+
+
+def load_records(results_dir: Path) -> list[ResultRecord]:
+    """Every valid record in ``results_dir``; unreadable files are reported, not silently used."""
+    records = []
+    for p in sorted(Path(results_dir).glob("*.json")):
+        try:
+            records.append(ResultRecord.from_dict(json.loads(p.read_text())))
+        except (ValueError, TypeError, json.JSONDecodeError) as err:
+            print(f"genbench: skipping unreadable result record {p}: {err}")
+    return records
+
+
+def git_sha() -> dict[str, Any]:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                    capture_output=True, text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return {"sha": None, "dirty": None}
+    return {"sha": sha or None, "dirty": dirty}
+
+
+def environment() -> dict[str, Any]:
+    import torch
+
+    versions = {}
+    for lib in LIBRARIES:
+        try:
+            versions[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            versions[lib] = None
+    hw: dict[str, Any] = {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+                          "torch_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        hw["gpu"] = torch.cuda.get_device_name(0)
+        hw["gpu_count"] = torch.cuda.device_count()
+    return {"python": platform.python_version(), "platform": platform.platform(), "hardware": hw,
+            "versions": versions, "git": git_sha()}

@@ -1,0 +1,279 @@
+"""``python -m genbench bench``: fit -> evaluate -> result record -> leaderboard, for one model.
+
+Configs compose as ``configs/trainer/default.yaml``, ``configs/data/<data>.yaml``,
+``configs/model/<model>.yaml`` and ``configs/profile/<profile>/<model>.yaml``; anything after ``--`` is passed
+to the LightningCLI parser (e.g. ``-- --trainer.max_steps 100``). Each run lives in
+``runs/<data>/<profile>/<model>/seed<seed>/`` (checkpoints, resolved config, sample grids, W&B files);
+rerunning the same command resumes from its last checkpoint. The model evaluated is the last one trained:
+no checkpoint is selected by a reported metric.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from genbench.bench.config import EvalConfig
+from genbench.bench.record import ResultRecord, atomic_write_text, environment, redact, write_record
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIGS = REPO_ROOT / "configs"
+DEFAULT_RESULTS = REPO_ROOT / "benchmarks" / "results"
+DEFAULT_RUNS = REPO_ROOT / "runs"
+CHECKPOINT_EVERY = timedelta(minutes=1)
+
+
+class BenchError(RuntimeError):
+    """A benchmark cannot start: the message names the problem and the fix."""
+
+
+def profiles(configs_dir: Path, model: str | None = None) -> list[str]:
+    out = []
+    for d in sorted(p for p in (configs_dir / "profile").iterdir() if p.is_dir()):
+        if model is None or (d / f"{model}.yaml").is_file():
+            out.append(d.name)
+    return out
+
+
+def config_files(configs_dir: Path, model: str, data: str, profile: str) -> list[Path]:
+    """The YAML files of a run, in composition order; raises BenchError listing valid values."""
+    from genbench.data import dataset_names
+    from genbench.models import registry
+
+    registry.import_all()
+    if model not in registry.model_names():
+        raise BenchError(f"unknown MODEL {model!r}; valid: {', '.join(registry.model_names())}")
+    if data not in dataset_names():
+        raise BenchError(f"unknown DATA {data!r}; valid: {', '.join(dataset_names())}")
+    valid_profiles = profiles(configs_dir, model)
+    if profile not in valid_profiles:
+        raise BenchError(f"unknown PROFILE {profile!r} for MODEL {model!r}; valid: {', '.join(valid_profiles)}")
+    files = [configs_dir / "trainer" / "default.yaml", configs_dir / "data" / f"{data}.yaml",
+             configs_dir / "model" / f"{model}.yaml", configs_dir / "profile" / profile / f"{model}.yaml"]
+    for f in files:
+        if not f.is_file():
+            raise BenchError(f"missing config file {f}")
+        try:
+            yaml.safe_load(f.read_text())
+        except yaml.YAMLError as err:
+            raise BenchError(f"malformed YAML in {f}: {err}") from err
+    return files
+
+
+def wandb_key_configured() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        import netrc
+
+        auth = netrc.netrc().authenticators("api.wandb.ai")
+        return bool(auth and auth[2])
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def make_logger(run_id: str, run_dir: Path, group: str, tags: list[str], enabled: bool):
+    """A WandbLogger (project ``genbench``): offline when no API key is configured, resumable by run dir."""
+    if not enabled or os.environ.get("WANDB_MODE") == "disabled":
+        return False
+    if "WANDB_MODE" not in os.environ and not wandb_key_configured():
+        os.environ["WANDB_MODE"] = "offline"
+    from lightning.pytorch.loggers import WandbLogger
+
+    id_file = run_dir / "wandb_id.txt"
+    if id_file.is_file():
+        wandb_id = id_file.read_text().strip()
+    else:
+        wandb_id = f"{run_id}-{int(time.time())}"
+        atomic_write_text(id_file, wandb_id + "\n")
+    return WandbLogger(project=os.environ.get("WANDB_PROJECT", "genbench"), name=run_id, id=wandb_id, resume="allow",
+                       group=group, tags=tags, save_dir=str(run_dir), log_model=False)
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    extra: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1:]
+    p = argparse.ArgumentParser(prog="python -m genbench bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="gan | vae | realnvp | ddpm")
+    p.add_argument("--data", default="mnist", help="dataset name (default mnist)")
+    p.add_argument("--profile", default="quick", help="smoke | quick | paper (default quick)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--devices", default="auto", help="trainer devices (e.g. 1, 2, auto)")
+    p.add_argument("--accelerator", default=None, help="cpu | gpu | auto (default: from the trainer config)")
+    p.add_argument("--precision", default=None, help="e.g. 32-true, bf16-mixed, 16-mixed (default: from config)")
+    p.add_argument("--num-nodes", type=int, default=1)
+    p.add_argument("--configs-dir", type=Path, default=DEFAULT_CONFIGS)
+    p.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS)
+    p.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS)
+    p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint and train from scratch")
+    p.add_argument("--no-wandb", action="store_true", help="do not log to Weights & Biases")
+    p.add_argument("--no-leaderboard", action="store_true", help="do not rebuild the leaderboard afterwards")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return p.parse_args(argv), extra
+
+
+def run(args: argparse.Namespace, extra: list[str]) -> Path | None:
+    """Run one benchmark; returns the record path on rank 0 (None on other ranks)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    from genbench.bench.callbacks import SampleGrid, TrainThroughput
+    from genbench.bench.evaluate import evaluate
+    from genbench.bench.plots import save_sample_grid
+    from genbench.cli import make_cli
+    from genbench.models import registry
+
+    files = config_files(args.configs_dir, args.model, args.data, args.profile)
+    family = registry.model_class(args.model).family
+    run_id = f"{args.data}-{args.profile}-{args.model}-seed{args.seed}"
+    run_dir = args.runs_dir / args.data / args.profile / args.model / f"seed{args.seed}"
+    ckpt_dir = run_dir / "checkpoints"
+    last_ckpt = ckpt_dir / "last.ckpt"
+    if args.fresh and run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    if not os.access(args.results_dir, os.W_OK):
+        raise BenchError(f"results directory {args.results_dir} is not writable; pass --results-dir DIR")
+
+    cli_args = [f"--config={f}" for f in files] + [
+        f"--seed_everything={args.seed}",
+        f"--trainer.default_root_dir={run_dir}",
+        f"--trainer.devices={args.devices}",
+        f"--trainer.num_nodes={args.num_nodes}",
+    ]
+    if args.accelerator:
+        cli_args.append(f"--trainer.accelerator={args.accelerator}")
+    if args.precision:
+        cli_args.append(f"--trainer.precision={args.precision}")
+    cli_args += ["--trainer.enable_progress_bar=false"] if args.no_progress else []
+    cli_args += extra
+
+    throughput = TrainThroughput()
+    callbacks = [
+        throughput,
+        ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, train_time_interval=CHECKPOINT_EVERY),
+        SampleGrid(run_dir / "samples"),
+    ]
+    logger = make_logger(run_id, run_dir, group=f"{args.data}-{args.profile}",
+                         tags=[family, args.model, args.data, args.profile], enabled=not args.no_wandb)
+    csv_logger = CSVLogger(save_dir=str(run_dir), name="csv", version=0)
+    cli = make_cli(cli_args, run=False, save_config_callback=None,
+                   trainer_defaults={"callbacks": callbacks, "logger": [lg for lg in (logger, csv_logger) if lg]})
+    trainer, model, dm = cli.trainer, cli.model, cli.datamodule
+    resolved = yaml.safe_load(cli.parser.dump(cli.config, skip_none=False))
+    resolved = redact(resolved)
+    if trainer.is_global_zero:
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    eval_cfg = EvalConfig(**resolved.get("evaluation", {}))
+    if logger:
+        logger.log_hyperparams({"bench": {"model": args.model, "data": args.data, "profile": args.profile,
+                                          "seed": args.seed}, **resolved})
+
+    ckpt_path = str(last_ckpt) if last_ckpt.is_file() else None
+    if ckpt_path and trainer.is_global_zero:
+        print(f"genbench: resuming {run_id} from {ckpt_path}")
+    t0 = time.perf_counter()
+    trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+    fit_wall_s = time.perf_counter() - t0
+    if trainer.interrupted:
+        raise BenchError(f"training of {run_id} was interrupted; rerun the same command to resume from {last_ckpt}")
+    trainer.save_checkpoint(last_ckpt)
+
+    model = model.to(trainer.strategy.root_device)
+    model.eval()
+    t1 = time.perf_counter()
+    metrics = evaluate(model, dm, eval_cfg, trainer=trainer, progress=not args.no_progress)
+    eval_wall_s = time.perf_counter() - t1
+    if not trainer.is_global_zero:
+        return None
+
+    grid_path = args.results_dir / "samples" / f"{run_id}.png"
+    samples = model.sample(64, generator=torch.Generator().manual_seed(args.seed))
+    save_sample_grid(samples, grid_path, title=run_id, levels=max(model.num_levels, 2))
+    record = ResultRecord(
+        run_id=run_id, model=args.model, family=family, dataset=args.data, profile=args.profile, seed=args.seed,
+        metrics=metrics, params=model.num_parameters(),
+        train={"wall_time_s": throughput.train_seconds, "images": throughput.images,
+               "images_per_s": throughput.images_per_s, "fit_wall_s_this_invocation": fit_wall_s,
+               "steps": trainer.global_step, "epochs": trainer.current_epoch, "resumed_from": ckpt_path,
+               "precision": str(trainer.precision), "world_size": trainer.world_size,
+               "checkpoint": "last (no selection by a reported metric)",
+               "curves": read_curves(Path(csv_logger.log_dir) / "metrics.csv")},
+        evaluation={**eval_cfg.to_dict(), "wall_time_s": eval_wall_s},
+        data=dm.describe(), model_info=model.describe(), environment=environment(), config=resolved,
+        artifacts={"sample_grid": os.path.relpath(grid_path, args.results_dir), "run_dir": str(run_dir)},
+    )
+    path = write_record(record, args.results_dir)
+    print(f"genbench: wrote {path}")
+    if logger:
+        from genbench.bench.wandb_utils import log_final
+
+        log_final(logger, record, grid_path)
+    if not args.no_leaderboard:
+        from genbench.bench.leaderboard import build
+
+        outputs = build(args.results_dir, args.results_dir.parent)
+        print("genbench: leaderboard -> " + ", ".join(str(p) for p in outputs))
+        if logger:
+            from genbench.bench.wandb_utils import log_leaderboard
+
+            log_leaderboard(logger, args.results_dir, args.data, args.profile)
+    if logger:
+        logger.experiment.finish()
+    print(json.dumps(summary_line(record)))
+    return path
+
+
+CURVE_KEYS = ("train/loss", "val/loss", "val/bpd")
+
+
+def read_curves(metrics_csv: Path, max_points: int = 200) -> dict[str, list[list[float]]]:
+    """Training curves from the CSV logger, downsampled to at most ``max_points`` per metric."""
+    import csv
+
+    if not metrics_csv.is_file():
+        return {}
+    curves: dict[str, list[list[float]]] = {}
+    with open(metrics_csv, newline="") as f:
+        for row in csv.DictReader(f):
+            for key in CURVE_KEYS:
+                if row.get(key) not in (None, "") and row.get("step") not in (None, ""):
+                    curves.setdefault(key, []).append([int(float(row["step"])), float(row[key])])
+    for key, pts in curves.items():
+        stride = max(1, len(pts) // max_points)
+        curves[key] = pts[::stride]
+    return curves
+
+
+def summary_line(record: ResultRecord) -> dict[str, Any]:
+    out: dict[str, Any] = {"run_id": record.run_id}
+    for key in ("bpd", "fid", "kid", "precision", "recall"):
+        m = record.metrics.get(key)
+        if isinstance(m, dict) and m.get("value") is not None:
+            out[key] = m["value"]
+    out["train_images_per_s"] = record.train["images_per_s"]
+    return out
+
+
+def main(argv: list[str]) -> int:
+    args, extra = parse_args(argv)
+    try:
+        run(args, extra)
+    except BenchError as err:
+        print(f"genbench bench: {err}", file=sys.stderr)
+        return 2
+    return 0
