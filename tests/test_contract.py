@@ -1,0 +1,96 @@
+"""The model contract, checked for every registered model (design.md section 3).
+
+Adding a model = one registry entry; this file then checks it with no change.
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from genbench.data import GenDataModule
+from genbench.models import registry
+from genbench.models.base import LIKELIHOOD_NONE, GenerativeModel, LikelihoodUnavailable
+
+ROOT = Path(__file__).resolve().parents[1]
+registry.import_all()
+MODELS = registry.model_names()
+
+
+def smoke_model(name: str, dm: GenDataModule) -> GenerativeModel:
+    """The model as configured by configs/model/<name>.yaml + configs/profile/smoke/<name>.yaml."""
+    base = yaml.safe_load((ROOT / "configs" / "model" / f"{name}.yaml").read_text())["model"]
+    prof = yaml.safe_load((ROOT / "configs" / "profile" / "smoke" / f"{name}.yaml").read_text()) or {}
+    init = dict(base.get("init_args") or {})
+    init.update(((prof.get("model") or {}).get("init_args")) or {})
+    cls = registry.model_class(name)
+    torch.manual_seed(0)
+    return cls(data_shape=dm.data_shape, num_levels=dm.num_levels, num_classes=dm.num_classes, **init)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    dm = GenDataModule("digits")
+    dm.setup()
+    return dm
+
+
+def test_every_family_is_registered():
+    assert {"ddpm", "vae", "realnvp", "gan"} <= set(MODELS)
+    families = {registry.model_class(m).family for m in MODELS}
+    assert {"diffusion", "vae", "flow", "gan"} <= families
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_sample_contract(name, digits):
+    model = smoke_model(name, digits)
+    model.train()
+    x = model.sample(5, generator=torch.Generator().manual_seed(3))
+    assert model.training, "sample() must restore the training mode"
+    assert x.dtype == torch.uint8 and x.shape == (5, 1, 8, 8) and x.device.type == "cpu"
+    assert int(x.max()) <= 16
+    y = model.sample(5, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(x, y), "the same generator seed must give the same samples"
+    assert model.sample(0).shape == (0, 1, 8, 8)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_log_likelihood_contract(name, digits):
+    model = smoke_model(name, digits)
+    x = digits.split("test")[0][:6]
+    if model.likelihood_kind == LIKELIHOOD_NONE:
+        with pytest.raises(LikelihoodUnavailable):
+            model.log_likelihood(x)
+        return
+    ll = model.log_likelihood(x)
+    assert ll.dtype == torch.float64 and ll.shape == (6,)
+    assert torch.isfinite(ll).all()
+    assert (ll < 0).all(), "log P of discrete data is below 0"
+    assert model.likelihood_info()["kind"] == model.likelihood_kind
+    for variant in model.likelihood_variants().values():
+        v = variant(x)
+        assert v.dtype == torch.float64 and v.shape == (6,) and torch.isfinite(v).all()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_bad_input_is_rejected_clearly(name, digits):
+    model = smoke_model(name, digits)
+    if model.likelihood_kind == LIKELIHOOD_NONE:
+        return
+    x = digits.split("test")[0][:2]
+    with pytest.raises(TypeError, match="uint8"):
+        model.log_likelihood(x.float())
+    with pytest.raises(ValueError, match="shape"):
+        model.log_likelihood(x[:, :, :4])
+    with pytest.raises(ValueError, match="outside 0..16"):
+        model.log_likelihood(torch.full_like(x, 200))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_describe(name, digits):
+    model = smoke_model(name, digits)
+    d = model.describe()
+    assert d["family"] == model.family and d["params"] > 0
+    assert d["likelihood"]["kind"] in ("exact", "bound", "none")
+    assert isinstance(d["sampler"], dict)

@@ -1,0 +1,102 @@
+"""Result records: schema round trip, atomic writes, secrets redacted; the leaderboard built from records."""
+
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from genbench.bench import leaderboard
+from genbench.bench.record import ResultRecord, atomic_write_text, load_records, redact, write_record
+
+
+def make_record(model="ddpm", family="diffusion", seed=0, bpd=1.5, fid=50.0, dataset="digits", profile="smoke"):
+    return ResultRecord(
+        run_id=f"{dataset}-{profile}-{model}-seed{seed}", model=model, family=family, dataset=dataset,
+        profile=profile, seed=seed,
+        metrics={"bpd": {"value": bpd, "stderr": 0.01, "n": 100, "kind": "bound"},
+                 "fid": {"value": fid, "n": 50, "reference_split": "test"},
+                 "kid": {"value": 0.01, "std": 0.001}, "precision": {"value": 0.5}, "recall": {"value": 0.4},
+                 "fid_floor": {"value": 5.0, "n": 50, "protocol": "train subset vs test"},
+                 "sampling": {"images_per_s": 10.0, "sampler": "ddim", "steps": 50}},
+        params=12345, train={"wall_time_s": 60.0, "images_per_s": 100.0, "curves": {"train/loss": [[0, 1.0], [10, 0.5]]}},
+        evaluation={}, data={}, model_info={}, environment={}, config={"wandb": {"api_key": "SECRET"}},
+    )
+
+
+def test_record_round_trip_and_redaction(tmp_path):
+    path = write_record(make_record(), tmp_path)
+    d = json.loads(path.read_text())
+    assert d["config"]["wandb"]["api_key"] == "<redacted>" and "SECRET" not in path.read_text()
+    (rec,) = load_records(tmp_path)
+    assert rec.metrics["bpd"]["value"] == 1.5 and rec.schema_version == 1
+    assert redact({"token": "x", "a": [{"password": 1}]}) == {"token": "<redacted>", "a": [{"password": "<redacted>"}]}
+
+
+def test_unreadable_record_is_skipped(tmp_path, capsys):
+    write_record(make_record(), tmp_path)
+    (tmp_path / "broken.json").write_text("{ not json")
+    assert len(load_records(tmp_path)) == 1
+    assert "skipping unreadable result record" in capsys.readouterr().out
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+    p = tmp_path / "r.json"
+    atomic_write_text(p, "old")
+
+    with pytest.raises(TypeError):
+        atomic_write_text(p, 12345)  # not a str: the write fails mid-way
+    assert p.read_text() == "old"
+    assert [f.name for f in tmp_path.iterdir()] == ["r.json"]  # no temporary file left behind
+
+
+def test_unwritable_directory_error(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")  # even root cannot create a directory below a file
+    with pytest.raises(OSError, match="choose a writable directory"):
+        atomic_write_text(blocker / "results" / "x.json", "x")
+    assert blocker.read_text() == "not a directory"
+
+
+class _Checker(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags, self.stack = [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag not in ("meta", "img", "br"):
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        assert self.stack and self.stack[-1] == tag, f"unbalanced </{tag}>"
+        self.stack.pop()
+
+
+def test_leaderboard_rows_seeds_best_and_html(tmp_path):
+    res = tmp_path / "results"
+    write_record(make_record(seed=0, bpd=1.5), res)
+    write_record(make_record(seed=1, bpd=1.7), res)
+    write_record(make_record(seed=1, bpd=1.7), res)  # a rerun replaces its record: no duplicate row
+    write_record(make_record(model="vae", family="vae", bpd=1.2, fid=80.0), res)
+    md, page = leaderboard.build(res, tmp_path)
+    text = md.read_text()
+    assert "## digits — profile `smoke`" in text
+    ddpm_rows = [line for line in text.splitlines() if "| ddpm |" in line]
+    assert len(ddpm_rows) == 1 and "1.600 ± 0.141" in ddpm_rows[0] and "| 2 |" in ddpm_rows[0]
+    vae_row = next(line for line in text.splitlines() if "| vae |" in line)
+    assert "**1.200" in vae_row  # best bits/dim is marked
+    assert "**50.0" in ddpm_rows[0]  # best FID is marked
+    assert "per-pixel histogram" in text and "real vs real" in text
+    checker = _Checker()
+    checker.feed(page.read_text())
+    assert not checker.stack and checker.tags.count("table") == 1 and "img" in checker.tags
+
+
+def test_leaderboard_shows_published_rows(tmp_path):
+    res = tmp_path / "results"
+    write_record(make_record(dataset="mnist", profile="quick"), res)
+    md, _ = leaderboard.build(res, tmp_path, Path(leaderboard.REPO_ROOT) / "benchmarks" / "reference.yaml")
+    text = md.read_text()
+    assert "| published | flow | RealNVP |" in text and "1.06" in text
+    assert "1.690 (exact)" in text  # the MNIST per-pixel histogram baseline, computed from the data
