@@ -65,3 +65,34 @@ class SampleGrid(L.Callback):
         for logger in trainer.loggers:
             if hasattr(logger, "log_image"):
                 logger.log_image(key="samples", images=[str(path)], step=trainer.global_step)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss; the last checkpoint on disk predates it."""
+
+
+class FiniteLossGuard(L.Callback):
+    """Stops training at the first non-finite training loss, naming the step.
+
+    It raises inside ``on_train_batch_end`` before any checkpoint callback can save the damaged weights, so
+    the last checkpoint on disk is the last good one. The loss is read from what ``training_step``
+    returned, or from the logged ``train/loss`` for models with manual optimisation.
+    """
+
+    def __init__(self, checkpoint_dir: Path | None = None) -> None:
+        self.checkpoint_dir = checkpoint_dir
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if not isinstance(loss, torch.Tensor):
+            loss = trainer.callback_metrics.get("train/loss")
+        if isinstance(loss, torch.Tensor) and not torch.isfinite(loss.detach()).all():
+            where = ""
+            if self.checkpoint_dir is not None:
+                last = Path(self.checkpoint_dir) / "last.ckpt"
+                where = f"; the last good checkpoint is {last}" if last.is_file() else "; no checkpoint was written yet"
+            raise NonFiniteLossError(
+                f"non-finite training loss ({loss.detach().float().flatten()[0].item()}) at step {trainer.global_step} "
+                f"(epoch {trainer.current_epoch}, batch {batch_idx}){where}. Lower the learning rate or enable "
+                "gradient clipping (--trainer.gradient_clip_val) and rerun."
+            )

@@ -99,6 +99,50 @@ def make_logger(run_id: str, run_dir: Path, group: str, tags: list[str], enabled
                        group=group, tags=tags, save_dir=str(run_dir), log_model=False)
 
 
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` with a clear error for a missing, truncated or corrupted file."""
+    path = Path(path)
+    if not path.is_file():
+        raise BenchError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, bad pickle, unsafe types...
+        raise BenchError(
+            f"checkpoint {path} cannot be loaded ({type(err).__name__}: {str(err).splitlines()[0][:200]}); it is "
+            "corrupted or truncated, or not a checkpoint. Delete it to train from the previous state, or pass "
+            "--fresh to start over."
+        ) from err
+    if not isinstance(state, dict) or "state_dict" not in state:
+        raise BenchError(f"checkpoint {path} has no state_dict; it is not a Lightning checkpoint")
+    return state
+
+
+class RunLock:
+    """An exclusive lock on a run directory, so that two runs of the same benchmark never interleave."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / ".lock"
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            self._fd = None
+            raise BenchError(f"another bench run is using {self.path.parent}; wait for it or use another SEED") from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     extra: list[str] = []
     if "--" in argv:
@@ -116,6 +160,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--configs-dir", type=Path, default=DEFAULT_CONFIGS)
     p.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS)
     p.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS)
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="evaluate this checkpoint instead of training (e.g. runs/.../checkpoints/last.ckpt)")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint and train from scratch")
     p.add_argument("--no-wandb", action="store_true", help="do not log to Weights & Biases")
     p.add_argument("--no-leaderboard", action="store_true", help="do not rebuild the leaderboard afterwards")
@@ -123,12 +169,29 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return p.parse_args(argv), extra
 
 
+def _launch_rank() -> int:
+    """This process's global rank as set by a launcher (torchrun, SLURM, Lightning's DDP), before any setup."""
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
 def run(args: argparse.Namespace, extra: list[str]) -> Path | None:
     """Run one benchmark; returns the record path on rank 0 (None on other ranks)."""
+    run_dir = args.runs_dir / args.data / args.profile / args.model / f"seed{args.seed}"
+    if _launch_rank() != 0:
+        return _run(args, extra)
+    config_files(args.configs_dir, args.model, args.data, args.profile)  # bad names fail before any directory is made
+    with RunLock(run_dir):
+        return _run(args, extra)
+
+
+def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
-    from genbench.bench.callbacks import SampleGrid, TrainThroughput
+    from genbench.bench.callbacks import FiniteLossGuard, SampleGrid, TrainThroughput
     from genbench.bench.evaluate import evaluate
     from genbench.bench.plots import save_sample_grid
     from genbench.cli import make_cli
@@ -140,10 +203,12 @@ def run(args: argparse.Namespace, extra: list[str]) -> Path | None:
     run_dir = args.runs_dir / args.data / args.profile / args.model / f"seed{args.seed}"
     ckpt_dir = run_dir / "checkpoints"
     last_ckpt = ckpt_dir / "last.ckpt"
-    if args.fresh and run_dir.exists():
+    if args.fresh and ckpt_dir.exists() and _launch_rank() == 0:
         import shutil
 
-        shutil.rmtree(run_dir)
+        shutil.rmtree(ckpt_dir)
+        for name in ("wandb_id.txt",):
+            (run_dir / name).unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     args.results_dir.mkdir(parents=True, exist_ok=True)
     if not os.access(args.results_dir, os.W_OK):
@@ -164,6 +229,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> Path | None:
 
     throughput = TrainThroughput()
     callbacks = [
+        FiniteLossGuard(ckpt_dir),
         throughput,
         ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, train_time_interval=CHECKPOINT_EVERY),
         SampleGrid(run_dir / "samples"),
@@ -183,15 +249,25 @@ def run(args: argparse.Namespace, extra: list[str]) -> Path | None:
         logger.log_hyperparams({"bench": {"model": args.model, "data": args.data, "profile": args.profile,
                                           "seed": args.seed}, **resolved})
 
-    ckpt_path = str(last_ckpt) if last_ckpt.is_file() else None
-    if ckpt_path and trainer.is_global_zero:
-        print(f"genbench: resuming {run_id} from {ckpt_path}")
     t0 = time.perf_counter()
-    trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+    if args.checkpoint is not None:
+        # Evaluate a given checkpoint without training: the validation loop starts the strategy (and, under
+        # DDP, the other ranks), then every rank runs the distributed-aware evaluation.
+        state = load_checkpoint(args.checkpoint)
+        model.load_state_dict(state["state_dict"])
+        ckpt_path = str(args.checkpoint)
+        trainer.validate(model, datamodule=dm, verbose=False)
+    else:
+        ckpt_path = str(last_ckpt) if last_ckpt.is_file() else None
+        if ckpt_path:
+            load_checkpoint(last_ckpt)  # a clear error for a corrupted or truncated file
+            if trainer.is_global_zero:
+                print(f"genbench: resuming {run_id} from {ckpt_path}")
+        trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+        if trainer.interrupted:
+            raise BenchError(f"training of {run_id} was interrupted; rerun the same command to resume from {last_ckpt}")
+        trainer.save_checkpoint(last_ckpt)
     fit_wall_s = time.perf_counter() - t0
-    if trainer.interrupted:
-        raise BenchError(f"training of {run_id} was interrupted; rerun the same command to resume from {last_ckpt}")
-    trainer.save_checkpoint(last_ckpt)
 
     model = model.to(trainer.strategy.root_device)
     model.eval()
@@ -270,10 +346,16 @@ def summary_line(record: ResultRecord) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
+    from genbench.bench.callbacks import NonFiniteLossError
+    from genbench.data.sources import DataSourceError
+
     args, extra = parse_args(argv)
     try:
         run(args, extra)
-    except BenchError as err:
+    except (BenchError, DataSourceError) as err:
         print(f"genbench bench: {err}", file=sys.stderr)
         return 2
+    except NonFiniteLossError as err:
+        print(f"genbench bench: {err}", file=sys.stderr)
+        return 3
     return 0
