@@ -1,0 +1,88 @@
+"""`python -m genbench bench` end to end for every family (smoke profile), through the real CLI."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from genbench.bench.record import load_records
+from genbench.bench.wandb_utils import read_offline_run
+from genbench.models import registry
+
+ROOT = Path(__file__).resolve().parents[1]
+registry.import_all()
+
+
+def bench(tmp: Path, model: str, *extra: str, data: str = "mnist", timeout: int = 600):
+    cmd = [sys.executable, "-m", "genbench", "bench", "--model", model, "--data", data, "--profile", "smoke",
+           "--results-dir", str(tmp / "results"), "--runs-dir", str(tmp / "runs"), "--no-progress", *extra]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def bench_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("bench")
+
+
+@pytest.mark.parametrize("model", ["ddpm", "vae", "realnvp", "gan"])
+def test_smoke_bench_end_to_end(model, bench_dir):
+    out = bench(bench_dir, model)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    records = {r.model: r for r in load_records(bench_dir / "results")}
+    rec = records[model]
+    assert rec.run_id == f"mnist-smoke-{model}-seed0" and rec.family == registry.model_class(model).family
+    fid = rec.metrics["fid"]
+    assert fid["value"] >= 0 and fid["n"] == rec.evaluation["num_samples"] and fid["reference_split"] == "test"
+    assert len(fid["weights_sha256"]) == 64
+    assert rec.metrics["fid_floor"]["n"] == fid["n"]
+    if rec.family == "gan":
+        assert rec.metrics["bpd"]["available"] is False
+    else:
+        bpd = rec.metrics["bpd"]
+        assert 0 < bpd["value"] < 8.5 and bpd["kind"] in ("exact", "bound") and bpd["n"] > 0
+    assert rec.params > 0 and rec.train["images_per_s"] > 0 and rec.train["steps"] > 0
+    assert rec.environment["versions"]["torch"] and rec.config["model"]["class_path"].startswith("genbench.models.")
+    assert (bench_dir / "results" / rec.artifacts["sample_grid"]).is_file()
+    board = (bench_dir / "leaderboard.md").read_text()
+    assert f"| genbench | {rec.family} | {model} |" in board
+    html = (bench_dir / "leaderboard.html").read_text()
+    assert html.count("<table>") == 1 and html.rstrip().endswith("</html>")
+    run_dir = Path(rec.artifacts["run_dir"])
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_wandb_offline_run_has_metrics_and_images(bench_dir):
+    runs = sorted((bench_dir / "runs").glob("mnist/smoke/*/seed0/wandb/offline-run-*"))
+    if not runs:
+        pytest.skip("no bench ran in this session")
+    for run in runs:
+        content = read_offline_run(run)
+        assert content["summary"]["final/fid"] >= 0 and content["summary"]["final/params"] > 0
+        assert "train/loss" in content["history_keys"] and "val/loss" in content["history_keys"]
+        assert any("samples" in p for p in content["images"]), "sample grids are logged as images"
+
+
+def test_rerun_resumes_from_the_last_checkpoint(bench_dir):
+    if not (bench_dir / "runs" / "mnist" / "smoke" / "vae" / "seed0" / "checkpoints" / "last.ckpt").is_file():
+        out = bench(bench_dir, "vae")
+        assert out.returncode == 0, out.stderr[-3000:]
+    out = bench(bench_dir, "vae", "--no-leaderboard")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "resuming mnist-smoke-vae-seed0" in out.stdout
+    rec = {r.model: r for r in load_records(bench_dir / "results")}["vae"]
+    assert rec.train["resumed_from"].endswith("last.ckpt")
+
+
+def test_corrupted_checkpoint_is_reported_and_kept(bench_dir):
+    ckpt = bench_dir / "runs" / "mnist" / "smoke" / "gan" / "seed0" / "checkpoints" / "last.ckpt"
+    if not ckpt.is_file():
+        assert bench(bench_dir, "gan").returncode == 0
+    records_before = (bench_dir / "results" / "mnist-smoke-gan-seed0.json").read_text()
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(data[: len(data) // 2])  # truncated, as after a crash of a non-atomic writer
+    out = bench(bench_dir, "gan", "--no-leaderboard")
+    assert out.returncode == 2
+    assert "corrupted or truncated" in out.stderr and str(ckpt) in out.stderr
+    assert (bench_dir / "results" / "mnist-smoke-gan-seed0.json").read_text() == records_before
+    assert len(ckpt.read_bytes()) == len(data) // 2  # nothing deleted behind the user's back
