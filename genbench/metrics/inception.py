@@ -52,6 +52,8 @@ from typing import Any
 
 import torch
 
+from genbench.io import atomic_torch_save, atomic_write_text, cache_root
+
 ENV_WEIGHTS = "GENBENCH_INCEPTION_WEIGHTS"
 EXTRACTOR_NAME = "inception-v3-compat"
 FEATURE_LAYER = "2048"
@@ -96,10 +98,6 @@ class WeightsInfo:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def cache_root() -> Path:
-    return Path(os.environ.get("GENBENCH_CACHE", Path.home() / ".cache" / "genbench")).expanduser()
-
-
 def weights_cache_dir() -> Path:
     return cache_root() / "weights"
 
@@ -158,30 +156,6 @@ def has_logits_head(state_dict: dict[str, torch.Tensor]) -> bool:
     """True when the file carries a real (non-zero) 1008-class classifier, as Inception Score needs."""
     w = state_dict.get("fc.weight")
     return w is not None and tuple(w.shape) == (NUM_CLASSES_HEAD, NUM_FEATURES) and bool(w.abs().sum() > 0)
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _atomic_write_text(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 # ---------------------------------------------------------------------------------------------- extractor
@@ -300,7 +274,7 @@ def convert_fid_helper(torchscript_path: str | os.PathLike, dst: str | os.PathLi
     state = convert_torchscript_state_dict(scripted.state_dict())
     del scripted
     tmp = dst.with_name(dst.name + ".unverified")
-    _atomic_torch_save(state, tmp)
+    atomic_torch_save(state, tmp)
     try:
         diff = max_feature_difference(tmp, torchscript_path)
         if not diff <= CONVERSION_TOLERANCE:
@@ -313,7 +287,7 @@ def convert_fid_helper(torchscript_path: str | os.PathLike, dst: str | os.PathLi
             tmp.unlink()
     meta = {"source": str(torchscript_path), "max_abs_feature_difference": diff,
             "tolerance": CONVERSION_TOLERANCE, "sha256": content_sha256(state)}
-    _atomic_write_text(json.dumps(meta, indent=2), dst.with_name(dst.name + ".json"))
+    atomic_write_text(dst.with_name(dst.name + ".json"), json.dumps(meta, indent=2))
     return dst
 
 

@@ -1,0 +1,54 @@
+"""Files genbench writes: the cache root and atomic writes (a temporary file in the same directory, then
+``os.replace``), so a crash or a concurrent writer never leaves a half-written file and never destroys the
+previous one."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def cache_root() -> Path:
+    """``$GENBENCH_CACHE`` (default ``~/.cache/genbench``): converted datasets, weights, reference features."""
+    return Path(os.environ.get("GENBENCH_CACHE", Path.home() / ".cache" / "genbench")).expanduser()
+
+
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, fsync it, then move it into place."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise OSError(f"cannot write {path}: {err.strerror or err}; choose a writable directory") from err
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically; a clear error when the directory is not writable."""
+    if not isinstance(text, str):
+        raise TypeError(f"atomic_write_text takes a str, got {type(text).__name__}")
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            f.write(text)
+
+    atomic_write(path, write)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to ``path`` atomically."""
+    import torch
+
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
