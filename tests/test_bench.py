@@ -86,3 +86,25 @@ def test_corrupted_checkpoint_is_reported_and_kept(bench_dir):
     assert "corrupted or truncated" in out.stderr and str(ckpt) in out.stderr
     assert (bench_dir / "results" / "mnist-smoke-gan-seed0.json").read_text() == records_before
     assert len(ckpt.read_bytes()) == len(data) // 2  # nothing deleted behind the user's back
+
+
+def test_same_checkpoint_same_bpd_on_one_and_two_devices(bench_dir):
+    ckpt = bench_dir / "runs" / "mnist" / "smoke" / "vae" / "seed0" / "checkpoints" / "last.ckpt"
+    if not ckpt.is_file():
+        assert bench(bench_dir, "vae").returncode == 0
+    values = {}
+    for devices in ("1", "2"):
+        out_dir = bench_dir / f"eval{devices}"
+        cmd = [sys.executable, "-m", "genbench", "bench", "--model", "vae", "--profile", "smoke", "--no-progress",
+               "--no-wandb", "--no-leaderboard", "--checkpoint", str(ckpt), "--accelerator", "cpu",
+               "--devices", devices, "--results-dir", str(out_dir / "results"), "--runs-dir", str(out_dir / "runs"),
+               "--", "--evaluation.num_samples=0", "--evaluation.memorization_samples=0",
+               "--evaluation.likelihood_subset=64", "--evaluation.likelihood_batch_size=16"]
+        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        (rec,) = load_records(out_dir / "results")
+        assert rec.train["world_size"] == int(devices)
+        values[devices] = (rec.metrics["bpd"]["value"], rec.metrics["bpd_elbo"]["value"], rec.metrics["bpd"]["n"])
+    assert values["1"][2] == values["2"][2] == 64
+    assert abs(values["1"][0] - values["2"][0]) < 1e-5
+    assert abs(values["1"][1] - values["2"][1]) < 1e-5

@@ -74,25 +74,23 @@ class NonFiniteLossError(RuntimeError):
 class FiniteLossGuard(L.Callback):
     """Stops training at the first non-finite training loss, naming the step.
 
-    It raises inside ``on_train_batch_end`` before any checkpoint callback can save the damaged weights, so
-    the last checkpoint on disk is the last good one. The loss is read from what ``training_step``
-    returned, or from the logged ``train/loss`` for models with manual optimisation.
+    It checks every loss handed to backward (``on_before_backward``: automatic and manual optimisation
+    alike) and raises before the optimizer can apply the damaged gradients and before any checkpoint
+    callback can save them, so the last checkpoint on disk is the last good one.
     """
 
     def __init__(self, checkpoint_dir: Path | None = None) -> None:
         self.checkpoint_dir = checkpoint_dir
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if not isinstance(loss, torch.Tensor):
-            loss = trainer.callback_metrics.get("train/loss")
-        if isinstance(loss, torch.Tensor) and not torch.isfinite(loss.detach()).all():
-            where = ""
-            if self.checkpoint_dir is not None:
-                last = Path(self.checkpoint_dir) / "last.ckpt"
-                where = f"; the last good checkpoint is {last}" if last.is_file() else "; no checkpoint was written yet"
-            raise NonFiniteLossError(
-                f"non-finite training loss ({loss.detach().float().flatten()[0].item()}) at step {trainer.global_step} "
-                f"(epoch {trainer.current_epoch}, batch {batch_idx}){where}. Lower the learning rate or enable "
-                "gradient clipping (--trainer.gradient_clip_val) and rerun."
-            )
+    def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
+        if torch.isfinite(loss.detach()).all():
+            return
+        where = ""
+        if self.checkpoint_dir is not None:
+            last = Path(self.checkpoint_dir) / "last.ckpt"
+            where = f"; the last good checkpoint is {last}" if last.is_file() else "; no checkpoint was written yet"
+        raise NonFiniteLossError(
+            f"non-finite training loss ({loss.detach().float().flatten()[0].item()}) at step {trainer.global_step} "
+            f"(epoch {trainer.current_epoch}){where}. Lower the learning rate or enable gradient clipping "
+            "and rerun the same command to resume from that checkpoint."
+        )

@@ -19,7 +19,7 @@ batches of ``sample_batch_size``. With ``W`` ranks, rank ``r`` draws a contiguou
 ``n % W`` ranks one more) from a ``torch.Generator`` on the model's device seeded ``seed + r``, used
 sequentially over its batches; the shares are concatenated in rank order. One rank therefore reproduces
 the ``seed`` stream exactly; a different world size or batch size draws a different (equally valid) set.
-Likelihoods: rank ``r`` scores a disjoint contiguous slice of the subset (no padded duplicates), gathered
+Likelihoods: rank ``r`` scores the chunks ``r, r + W, ...`` of the subset (no padded duplicates), gathered
 exactly once. Features and metrics are computed on rank 0 and the dict is broadcast to every rank.
 """
 
@@ -63,11 +63,6 @@ class _Ranks:
 
     def shares(self, n: int) -> list[int]:
         return [n // self.world + (1 if r < n % self.world else 0) for r in range(self.world)]
-
-    def local_range(self, n: int) -> tuple[int, int]:
-        sizes = self.shares(n)
-        start = sum(sizes[: self.rank])
-        return start, start + sizes[self.rank]
 
     def gather_rows(self, x: torch.Tensor) -> torch.Tensor:
         """Concatenate every rank's rows in rank order (pad to equal length, gather, trim): CPU tensor."""
@@ -156,16 +151,25 @@ def _likelihood_metrics(model: Any, datamodule: Any, cfg: EvalConfig, ranks: _Ra
                         ) -> dict[str, Any]:
     test_x = datamodule.split("test")[0]
     m = len(test_x) if cfg.likelihood_subset is None else min(cfg.likelihood_subset, len(test_x))
-    lo, hi = ranks.local_range(m)
+    # Chunks are aligned to global multiples of the batch size and dealt round-robin to the ranks; each
+    # chunk runs with the global RNG seeded by (seed, chunk index). A stochastic estimator (IWAE samples,
+    # dequantization noise, sampled timesteps) thus sees the same noise for the same images whatever the
+    # number of ranks, and the same checkpoint gives the same bits/dim on 1 or N devices.
+    bsz = cfg.likelihood_batch_size
+    chunks = [(i, s) for i, s in enumerate(range(0, m, bsz)) if i % ranks.world == ranks.rank]
     fns = {None: model.log_likelihood, **dict(model.likelihood_variants())}
     nll: dict[Any, list[torch.Tensor]] = {k: [] for k in fns}
     reason = ""
-    with tqdm(total=hi - lo, desc="likelihood", unit="img", disable=not (progress and ranks.is_zero)) as bar:
+    local_n = sum(min(s + bsz, m) - s for _, s in chunks)
+    fork_devices = [model.device] if model.device.type == "cuda" else []
+    with tqdm(total=local_n, desc="likelihood", unit="img", disable=not (progress and ranks.is_zero)) as bar:
         try:
-            for s in range(lo, hi, cfg.likelihood_batch_size):
-                x = test_x[s: min(s + cfg.likelihood_batch_size, hi)]
-                for key, fn in fns.items():
-                    nll[key].append(-_score(fn, x, model.device))
+            for i, s in chunks:
+                x = test_x[s: min(s + bsz, m)]
+                with torch.random.fork_rng(devices=fork_devices):
+                    torch.manual_seed(cfg.seed * 1_000_003 + i)
+                    for key, fn in fns.items():
+                        nll[key].append(-_score(fn, x, model.device))
                 bar.update(len(x))
         except LikelihoodUnavailable as e:
             reason = str(e) or f"{type(model).__name__} defines no likelihood"

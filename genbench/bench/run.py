@@ -266,7 +266,7 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
         trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
         if trainer.interrupted:
             raise BenchError(f"training of {run_id} was interrupted; rerun the same command to resume from {last_ckpt}")
-        trainer.save_checkpoint(last_ckpt)
+        trainer.save_checkpoint(last_ckpt, weights_only=False)  # full state, so a rerun can resume
     fit_wall_s = time.perf_counter() - t0
 
     model = model.to(trainer.strategy.root_device)
