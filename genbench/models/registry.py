@@ -12,6 +12,12 @@ def register(name: str, target: str) -> None:
     MODELS[name] = target
 
 
+register("gan", "genbench.models.gan:GAN")
+register("vae", "genbench.models.vae:VAE")
+register("ddpm", "genbench.models.ddpm:DDPM")
+register("realnvp", "genbench.models.realnvp:RealNVP")
+
+
 def model_names() -> list[str]:
     return sorted(MODELS)
 

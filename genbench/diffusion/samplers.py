@@ -1,0 +1,166 @@
+"""Samplers of the reverse process, all driven by the same ``model(x_t, t) -> output`` callable.
+
+* ``ancestral``: Ho et al. 2020 Algorithm 2, x_{t-1} ~ p(x_{t-1} | x_t); with fewer steps than T it runs
+  on the respaced process (strided ancestral sampling, Nichol & Dhariwal 2021).
+* ``ddim``: Song et al. 2021 eq. 12 on the respaced steps; ``eta = 0`` is deterministic, ``eta = 1``
+  matches the ancestral sampler's variance beta~.
+* ``sde``: the variance-preserving SDE dx = -1/2 beta x dtau + sqrt(beta) dW (Song et al. 2021b), whose
+  marginals at the grid points are exactly q(x_t | x_0), integrated backwards by Euler-Maruyama with the
+  score grad log q(x_t) = -eps / sqrt(1 - abar_t). The natural time is B = -log abar: a step from t to
+  s < t has dB = log(abar_s / abar_t) and reads x_s = x_t + dB (x_t / 2 + score) + sqrt(dB) z.
+* ``ode``: the probability-flow ODE of the same SDE by Euler steps, x_s = x_t + dB/2 (x_t + score).
+
+The SDE and ODE samplers end by denoising with the predicted x_0 at the first step.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from genbench.diffusion.gaussian_diffusion import GaussianDiffusion, Generators, ModelFn, randn
+from genbench.diffusion.schedules import space_timesteps
+
+SAMPLERS = ("ancestral", "ddim", "sde", "ode")
+
+
+def respaced(diffusion: GaussianDiffusion, num_steps: int) -> GaussianDiffusion:
+    """The process on ``num_steps`` evenly spaced steps (the process itself when ``num_steps >= T``)."""
+    if num_steps < 1:
+        raise ValueError(f"the number of sampling steps must be >= 1, got {num_steps}")
+    if num_steps >= diffusion.num_timesteps:
+        return diffusion
+    return diffusion.respace(space_timesteps(diffusion.num_timesteps, num_steps))
+
+
+def _steps(i: int, n: int, device: torch.device) -> torch.Tensor:
+    return torch.full((n,), i, dtype=torch.int64, device=device)
+
+
+@torch.no_grad()
+def ancestral_sample(
+    diffusion: GaussianDiffusion,
+    model: ModelFn,
+    shape: tuple[int, ...],
+    generator: Generators = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    clip_denoised: bool = True,
+) -> torch.Tensor:
+    """x_T ~ N(0, I), then x_{t-1} = mean + sigma z for every step of ``diffusion``; the last step returns the mean."""
+    device = torch.device(device)
+    x = randn(shape, generator, device, dtype)
+    for i in reversed(range(diffusion.num_timesteps)):
+        t = _steps(i, shape[0], device)
+        out = diffusion.p_mean_variance(model, x, t, clip_denoised=clip_denoised)
+        x = out["mean"]
+        if i > 0:
+            x = x + torch.exp(0.5 * out["log_variance"]) * randn(shape, generator, device, dtype)
+    return x
+
+
+@torch.no_grad()
+def ddim_sample(
+    diffusion: GaussianDiffusion,
+    model: ModelFn,
+    shape: tuple[int, ...],
+    eta: float = 0.0,
+    generator: Generators = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    clip_denoised: bool = True,
+) -> torch.Tensor:
+    """DDIM: x_s = sqrt(abar_s) x0 + sqrt(1 - abar_s - sigma^2) eps + sigma z over the steps of ``diffusion``."""
+    if eta < 0:
+        raise ValueError(f"ddim eta must be >= 0, got {eta}")
+    device = torch.device(device)
+    x = randn(shape, generator, device, dtype)
+    for i in reversed(range(diffusion.num_timesteps)):
+        t = _steps(i, shape[0], device)
+        out = diffusion.p_mean_variance(model, x, t, clip_denoised=clip_denoised)
+        abar = diffusion._extract(diffusion.alphas_cumprod, t, x)
+        abar_prev = diffusion._extract(diffusion.alphas_cumprod_prev, t, x)
+        sigma = eta * torch.sqrt((1.0 - abar_prev) / (1.0 - abar) * (1.0 - abar / abar_prev))
+        x = abar_prev.sqrt() * out["pred_x_start"] + torch.sqrt((1.0 - abar_prev - sigma**2).clamp(min=0.0)) * out["pred_eps"]
+        if i > 0 and eta > 0:
+            x = x + sigma * randn(shape, generator, device, dtype)
+    return x
+
+
+def _score_view_sample(
+    diffusion: GaussianDiffusion,
+    model: ModelFn,
+    shape: tuple[int, ...],
+    stochastic: bool,
+    generator: Generators,
+    device: torch.device | str,
+    dtype: torch.dtype,
+    clip_denoised: bool,
+) -> torch.Tensor:
+    device = torch.device(device)
+    x = randn(shape, generator, device, dtype)
+    log_abar = torch.log(diffusion.alphas_cumprod)
+    for i in reversed(range(1, diffusion.num_timesteps)):
+        t = _steps(i, shape[0], device)
+        eps = diffusion.p_mean_variance(model, x, t, clip_denoised=False)["pred_eps"]
+        score = diffusion.score_from_eps(eps, t)
+        d_b = float(log_abar[i - 1] - log_abar[i])
+        if stochastic:
+            x = x + d_b * (0.5 * x + score) + d_b**0.5 * randn(shape, generator, device, dtype)
+        else:
+            x = x + 0.5 * d_b * (x + score)
+    t = _steps(0, shape[0], device)
+    return diffusion.p_mean_variance(model, x, t, clip_denoised=clip_denoised)["pred_x_start"]
+
+
+@torch.no_grad()
+def sde_sample(
+    diffusion: GaussianDiffusion,
+    model: ModelFn,
+    shape: tuple[int, ...],
+    generator: Generators = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    clip_denoised: bool = True,
+) -> torch.Tensor:
+    """Reverse-time VP SDE by Euler-Maruyama over the steps of ``diffusion``."""
+    return _score_view_sample(diffusion, model, shape, True, generator, device, dtype, clip_denoised)
+
+
+@torch.no_grad()
+def ode_sample(
+    diffusion: GaussianDiffusion,
+    model: ModelFn,
+    shape: tuple[int, ...],
+    generator: Generators = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    clip_denoised: bool = True,
+) -> torch.Tensor:
+    """Probability-flow ODE by Euler steps over the steps of ``diffusion`` (random only through x_T)."""
+    return _score_view_sample(diffusion, model, shape, False, generator, device, dtype, clip_denoised)
+
+
+def sample(
+    diffusion: GaussianDiffusion,
+    model: ModelFn,
+    shape: tuple[int, ...],
+    sampler: str = "ddim",
+    num_steps: int = 50,
+    eta: float = 0.0,
+    generator: Generators = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    clip_denoised: bool = True,
+) -> torch.Tensor:
+    """Draw ``shape`` samples in model space with ``sampler`` on ``num_steps`` evenly spaced steps."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
+    process = respaced(diffusion, num_steps)
+    kwargs = {"generator": generator, "device": device, "dtype": dtype, "clip_denoised": clip_denoised}
+    if sampler == "ancestral":
+        return ancestral_sample(process, model, shape, **kwargs)
+    if sampler == "ddim":
+        return ddim_sample(process, model, shape, eta=eta, **kwargs)
+    if sampler == "sde":
+        return sde_sample(process, model, shape, **kwargs)
+    return ode_sample(process, model, shape, **kwargs)
