@@ -14,8 +14,6 @@ PRECISION ?=
 BENCH_ARGS ?=
 
 export WANDB_SILENT ?= true
-# No W&B key configured -> log offline (sync later with `wandb sync`); see README.
-export WANDB_MODE ?= $(if $(WANDB_API_KEY),online,$(if $(wildcard $(HOME)/.netrc),,offline))
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-all bench bench-all leaderboard perf lint clean

@@ -85,8 +85,8 @@ def make_logger(run_id: str, run_dir: Path, group: str, tags: list[str], enabled
     """A WandbLogger (project ``genbench``): offline when no API key is configured, resumable by run dir."""
     if not enabled or os.environ.get("WANDB_MODE") == "disabled":
         return False
-    if "WANDB_MODE" not in os.environ and not wandb_key_configured():
-        os.environ["WANDB_MODE"] = "offline"
+    if not os.environ.get("WANDB_MODE") and not wandb_key_configured():
+        os.environ["WANDB_MODE"] = "offline"  # no key: write the run locally; `wandb sync` uploads it later
     from lightning.pytorch.loggers import WandbLogger
 
     id_file = run_dir / "wandb_id.txt"
