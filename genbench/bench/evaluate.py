@@ -317,7 +317,11 @@ def evaluate(
                     result.update(_sample_metrics(samples[:n_quality], datamodule, cfg, extractor,
                                                   model.num_levels, progress, cache_dir))
             elif not images:
+                from genbench.data.toy2d import make_toy2d
+                from genbench.metrics.modes import mode_coverage
+
                 result[N.FID] = _unavailable("continuous 2-D data: no image features (see nll_nats)")
+                result[N.MODE_COVERAGE] = mode_coverage(samples[: cfg.num_samples], make_toy2d(datamodule.dataset))
             if n_memo > 0:
                 train_x, test_x = datamodule.split("train")[0], datamodule.split("test")[0]
                 result[N.MEMORIZATION] = memorization_report(samples[:n_memo], train_x, test_x[:n_memo],
