@@ -260,3 +260,20 @@ def test_toy2d_evaluation_reports_mode_coverage_and_entropy():
     nll = r["nll_nats"]
     assert nll["n"] == 100 and nll["true_entropy_nats"] > 0
     assert nll["value"] > nll["true_entropy_nats"] - 4 * nll["stderr"]  # no model beats the true entropy
+
+
+def test_fid_against_sampler_steps(digits, tmp_path):
+    from genbench.models.ddpm import DDPM
+
+    torch.manual_seed(0)
+    model = DDPM(data_shape=(1, 8, 8), num_levels=17, num_classes=10, base_channels=8, channel_mults=(1, 2),
+                 num_res_blocks=1, attention_resolutions=(), num_timesteps=20, sampling_steps=10,
+                 sampler="ancestral")
+    cfg = EvalConfig(num_samples=12, memorization_samples=0, likelihood_subset=8, sampler_steps_sweep=[2, 5])
+    out = evaluate(model, digits, cfg, progress=False, feature_extractor=TinyExtractor(), cache_dir=str(tmp_path))
+    sweep = out["fid_vs_steps"]
+    assert [s["steps"] for s in sweep] == [2, 5] and all(s["n"] == 12 and s["fid"] >= 0 for s in sweep)
+    assert sweep[0]["fid"] != sweep[1]["fid"]
+    assert model.sampler_info()["steps"] == 10  # the configured sampler is restored afterwards
+    with pytest.raises(NotImplementedError, match="no adjustable number of sampler steps"):
+        PixelModel().set_sampling_steps(3)

@@ -26,6 +26,8 @@ class EvalConfig:
         memorization_samples: samples compared with the training set by nearest-neighbour distance
             (0 skips the check).
         seed: seed of sample generation (rank r draws with seed + r).
+        sampler_steps_sweep: FID at ``num_samples`` for each of these sampler step counts (iterative samplers
+            only, e.g. DDPM); recorded as ``fid_vs_steps`` and plotted on the leaderboard.
     """
 
     num_samples: int = 1000
@@ -38,6 +40,7 @@ class EvalConfig:
     likelihood_batch_size: int = 500
     memorization_samples: int = 500
     seed: int = 0
+    sampler_steps_sweep: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.num_samples < 0:
@@ -49,6 +52,9 @@ class EvalConfig:
             raise ValueError(f"unknown sample metric(s) {bad}; valid: {', '.join(SAMPLE_METRICS)}")
         if self.likelihood_subset is not None and self.likelihood_subset <= 0:
             raise ValueError(f"evaluation.likelihood_subset must be positive or null, got {self.likelihood_subset}")
+
+        if any(int(k) < 1 for k in self.sampler_steps_sweep):
+            raise ValueError(f"evaluation.sampler_steps_sweep needs positive step counts, got {self.sampler_steps_sweep}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

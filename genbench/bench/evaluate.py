@@ -210,6 +210,35 @@ def _likelihood_metrics(model: Any, datamodule: Any, cfg: EvalConfig, ranks: _Ra
     return out
 
 
+def _fid_vs_steps(model: Any, datamodule: Any, cfg: EvalConfig, ranks: _Ranks, progress: bool,
+                  feature_extractor: Any, inception_weights: str | None, cache_dir: str | None) -> list[dict[str, Any]]:
+    """FID at ``cfg.num_samples`` for each sampler step count (same seeds), against the cached real features."""
+    original = model.sampler_info().get("steps")
+    sweep: list[dict[str, Any]] = []
+    extractor = None
+    try:
+        for steps in cfg.sampler_steps_sweep:
+            model.set_sampling_steps(int(steps))
+            with torch.no_grad():
+                samples, timing = _draw_samples(model, cfg, cfg.num_samples, ranks, progress)
+            if not ranks.is_zero:
+                continue
+            extractor = extractor or feature_extractor or fidelity.InceptionExtractor(inception_weights,
+                                                                                      device=model.device)
+            feats, _ = fidelity.extract_features(samples, extractor, model.num_levels, FEATURE_BATCH_SIZE, progress,
+                                                 desc=f"features ({steps} steps)")
+            ref = datamodule.split(cfg.reference_split)[0][: len(samples)]
+            ref_feats, _ = fidelity.reference_features(
+                ref, dataset=datamodule.dataset, split=cfg.reference_split, start=0, extractor=extractor,
+                num_levels=model.num_levels, batch_size=FEATURE_BATCH_SIZE, cache_dir=cache_dir, progress=progress)
+            sweep.append({"steps": int(steps), "fid": fidelity.fid_from_features(feats, ref_feats), "n": len(samples),
+                          "images_per_s": timing.get("images_per_s"), "sampler": timing.get("sampler")})
+    finally:
+        if original is not None:
+            model.set_sampling_steps(int(original))
+    return sweep
+
+
 def _sample_metrics(samples: torch.Tensor, datamodule: Any, cfg: EvalConfig, extractor: Any,
                     num_levels: int, progress: bool, cache_dir: str | None) -> dict[str, Any]:
     n = len(samples)
@@ -326,6 +355,11 @@ def evaluate(
                 train_x, test_x = datamodule.split("train")[0], datamodule.split("test")[0]
                 result[N.MEMORIZATION] = memorization_report(samples[:n_memo], train_x, test_x[:n_memo],
                                                              model.num_levels, progress)
+        if images and cfg.sampler_steps_sweep and cfg.num_samples > 0 and "fid" in cfg.sample_metrics:
+            sweep = _fid_vs_steps(model, datamodule, cfg, ranks, progress, feature_extractor, inception_weights,
+                                  cache_dir)
+            if ranks.is_zero:
+                result[N.FID_VS_STEPS] = sweep
     finally:
         model.train(was_training)
     result = ranks.broadcast(result if ranks.is_zero else None)

@@ -14,6 +14,7 @@ INCEPTION_SCORE = "inception_score"
 FID_FLOOR = "fid_floor"  # real-vs-real FID at the same n (train subset vs the reference split)
 MEMORIZATION = "memorization"
 SAMPLING = "sampling"
+FID_VS_STEPS = "fid_vs_steps"  # [{"steps", "fid", "n"}] for iterative samplers
 MODE_COVERAGE = "mode_coverage"  # toy2d mixtures: modes recovered and the share of high-quality samples
 
 SAMPLE_QUALITY = (FID, KID, PRECISION, RECALL, INCEPTION_SCORE, FID_FLOOR)

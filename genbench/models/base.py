@@ -76,6 +76,10 @@ class GenerativeModel(L.LightningModule, abc.ABC):
         """
         return {}
 
+    def set_sampling_steps(self, steps: int) -> None:
+        """Use ``steps`` sampler steps from now on (iterative samplers only: DDPM). Others raise."""
+        raise NotImplementedError(f"{type(self).__name__} has no adjustable number of sampler steps")
+
     def sampler_info(self) -> dict[str, Any]:
         """How ``sample`` draws (sampler, steps, EMA, eval mode...), recorded beside sample metrics."""
         return {"eval_mode": True}

@@ -302,6 +302,12 @@ class DDPM(GenerativeModel):
         finally:
             self.train(was_training)
 
+    def set_sampling_steps(self, steps: int) -> None:
+        """Sample with ``steps`` steps of the configured sampler from now on (recorded by sampler_info)."""
+        if int(steps) < 1:
+            raise ValueError(f"sampling steps must be >= 1, got {steps}")
+        self.hparams.sampling_steps = int(steps)
+
     def _image_generators(self, x: torch.Tensor) -> list[torch.Generator]:
         """One CPU generator per image, seeded by ``likelihood_seed`` and the image's bytes."""
         seed = int(self.hparams.likelihood_seed).to_bytes(8, "little", signed=True)
