@@ -74,16 +74,19 @@ def bare_run(name, dm, loader, steps, warmup, batch_size) -> float:
     model.train()
     model.log = lambda *a, **k: None  # no logger in a bare loop
     configured = model.configure_optimizers()
+    scheds = []
     if isinstance(configured, dict):
+        sched = configured.get("lr_scheduler")
+        if sched is not None:
+            scheds.append(sched["scheduler"] if isinstance(sched, dict) else sched)
         configured = configured["optimizer"]
-    if isinstance(configured, tuple) and len(configured) == 2 and isinstance(configured[0], list):
-        configured = configured[0]
-    opts = configured if isinstance(configured, list) else [configured]
-    opts = [o["optimizer"] if isinstance(o, dict) else o for o in opts]
+    opts = configured if isinstance(configured, (list, tuple)) else [configured]
     if not model.automatic_optimization:
         model.optimizers = lambda use_pl_optimizer=True: opts if len(opts) > 1 else opts[0]
         model.manual_backward = lambda loss, *a, **k: loss.backward()
         model.toggled_optimizer = lambda opt: contextlib.nullcontext()
+    # the per-step work that Lightning hooks do for a model (EMA of the weights), done by hand here
+    ema_step = getattr(model, "update_ema", None) if model.automatic_optimization else None
     starts: list[float] = []
     it = iter(loader)
     for i in range(steps + 1):
@@ -95,7 +98,10 @@ def bare_run(name, dm, loader, steps, warmup, batch_size) -> float:
             opts[0].zero_grad(set_to_none=True)
             loss.backward()
             opts[0].step()
-        model.on_train_batch_end(out, batch, i)
+            for sched in scheds:
+                sched.step()
+            if ema_step is not None:
+                ema_step(model.ema_decay_at(i))
     return images_per_s(starts, warmup, batch_size)
 
 
