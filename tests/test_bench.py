@@ -72,6 +72,7 @@ def test_rerun_resumes_from_the_last_checkpoint(bench_dir):
     assert "resuming mnist-smoke-vae-seed0" in out.stdout
     rec = {r.model: r for r in load_records(bench_dir / "results")}["vae"]
     assert rec.train["resumed_from"].endswith("last.ckpt")
+    assert rec.train["curves"]["train/loss"], "the curves logged before the resume are kept"
 
 
 def test_corrupted_checkpoint_is_reported_and_kept(bench_dir):

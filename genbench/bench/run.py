@@ -206,9 +206,9 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
     if args.fresh and ckpt_dir.exists() and _launch_rank() == 0:
         import shutil
 
-        shutil.rmtree(ckpt_dir)
-        for name in ("wandb_id.txt",):
-            (run_dir / name).unlink(missing_ok=True)
+        for sub in (ckpt_dir, run_dir / "csv", run_dir / "samples"):
+            shutil.rmtree(sub, ignore_errors=True)
+        (run_dir / "wandb_id.txt").unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     args.results_dir.mkdir(parents=True, exist_ok=True)
     if not os.access(args.results_dir, os.W_OK):
@@ -236,7 +236,7 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
     ]
     logger = make_logger(run_id, run_dir, group=f"{args.data}-{args.profile}",
                          tags=[family, args.model, args.data, args.profile], enabled=not args.no_wandb)
-    csv_logger = CSVLogger(save_dir=str(run_dir), name="csv", version=0)
+    csv_logger = CSVLogger(save_dir=str(run_dir), name="csv")  # a new version per invocation: resumes append
     cli = make_cli(cli_args, run=False, save_config_callback=None,
                    trainer_defaults={"callbacks": callbacks, "logger": [lg for lg in (logger, csv_logger) if lg]})
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
@@ -288,7 +288,7 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
                "steps": trainer.global_step, "epochs": trainer.current_epoch, "resumed_from": ckpt_path,
                "precision": str(trainer.precision), "world_size": trainer.world_size,
                "checkpoint": "last (no selection by a reported metric)",
-               "curves": read_curves(Path(csv_logger.log_dir) / "metrics.csv")},
+               "curves": read_curves(run_dir / "csv")},
         evaluation={**eval_cfg.to_dict(), "wall_time_s": eval_wall_s},
         data=dm.describe(), model_info=model.describe(), environment=environment(), config=resolved,
         artifacts={"sample_grid": os.path.relpath(grid_path, args.results_dir), "run_dir": str(run_dir)},
@@ -317,18 +317,18 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
 CURVE_KEYS = ("train/loss", "val/loss", "val/bpd")
 
 
-def read_curves(metrics_csv: Path, max_points: int = 200) -> dict[str, list[list[float]]]:
-    """Training curves from the CSV logger, downsampled to at most ``max_points`` per metric."""
+def read_curves(csv_dir: Path, max_points: int = 200) -> dict[str, list[list[float]]]:
+    """Training curves from every CSV-logger version of a run (a resumed run adds one), downsampled."""
     import csv
 
-    if not metrics_csv.is_file():
-        return {}
+    versions = sorted(Path(csv_dir).glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
     curves: dict[str, list[list[float]]] = {}
-    with open(metrics_csv, newline="") as f:
-        for row in csv.DictReader(f):
-            for key in CURVE_KEYS:
-                if row.get(key) not in (None, "") and row.get("step") not in (None, ""):
-                    curves.setdefault(key, []).append([int(float(row["step"])), float(row[key])])
+    for metrics_csv in versions:
+        with open(metrics_csv, newline="") as f:
+            for row in csv.DictReader(f):
+                for key in CURVE_KEYS:
+                    if row.get(key) not in (None, "") and row.get("step") not in (None, ""):
+                        curves.setdefault(key, []).append([int(float(row["step"])), float(row[key])])
     for key, pts in curves.items():
         stride = max(1, len(pts) // max_points)
         curves[key] = pts[::stride]
