@@ -59,6 +59,15 @@ def make_cli(args: list[str] | None = None, run: bool = True, **kwargs) -> GenBe
     )
 
 
+def shutdown_distributed() -> None:
+    """Destroy the process group a DDP run created, so every rank exits cleanly (gloo's threads otherwise
+    may abort the interpreter at exit)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def main(argv: list[str] | None = None) -> None:
     from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -70,13 +79,20 @@ def main(argv: list[str] | None = None) -> None:
     if command == "bench":
         from genbench.bench.run import main as bench_main
 
-        raise SystemExit(bench_main(argv[1:]))
+        try:
+            code = bench_main(argv[1:])
+        finally:
+            shutdown_distributed()
+        raise SystemExit(code)
     if command == "leaderboard":
         from genbench.bench.leaderboard import main as leaderboard_main
 
         raise SystemExit(leaderboard_main(argv[1:]))
     if command in LIGHTNING_COMMANDS:
-        make_cli(None if from_command_line else argv)
+        try:
+            make_cli(None if from_command_line else argv)
+        finally:
+            shutdown_distributed()
         return
     valid = ", ".join(LIGHTNING_COMMANDS + tuple(EXTRA_COMMANDS))
     print(f"genbench: unknown command {command!r}; valid commands: {valid}", file=sys.stderr)

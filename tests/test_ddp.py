@@ -23,6 +23,7 @@ class DumpWeights(L.Callback):
 from genbench.cli import make_cli
 cli = make_cli(sys.argv[1:], run=False, trainer_defaults={{"callbacks": [DumpWeights()]}})
 cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+torch.distributed.destroy_process_group()  # a clean exit of every rank
 """
 
 

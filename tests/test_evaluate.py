@@ -215,6 +215,7 @@ DDP_SCRIPT = textwrap.dedent(
                        cache_dir={root!r})
         with open({root!r} + f"/rank{{trainer.global_rank}}.json", "w") as f:
             json.dump(out, f)
+        torch.distributed.destroy_process_group()  # a clean exit of every rank
     """
 )
 
