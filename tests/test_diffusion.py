@@ -29,13 +29,7 @@ TIGHT_GAP_BPD = 0.05
 FIXED_LARGE_GAP_BPD = 0.25
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: avoid thread oversubscription on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets (tests/conftest.py)
 
 
 class OptimalGaussian(nn.Module):

@@ -43,12 +43,6 @@ LOG_P_G = partial(normal_log_prob, mean=1.0, std=0.5)
 GRID = torch.linspace(-2.0, 2.5, 91, dtype=torch.float64)  # where both densities hold their mass
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small ops: faster, and steadier on a shared 2-core machine
-    yield
-    torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------- theory (Goodfellow et al. 2014, Prop. 1, Thm. 1)

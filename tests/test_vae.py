@@ -29,13 +29,7 @@ def tiny_vae(**kwargs) -> VAE:
     return VAE(**args)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These nets are tiny: one intra-op thread avoids OpenMP spin-waits on a busy 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
