@@ -109,3 +109,74 @@ def test_same_checkpoint_same_bpd_on_one_and_two_devices(bench_dir):
     assert values["1"][2] == values["2"][2] == 64
     assert abs(values["1"][0] - values["2"][0]) < 1e-5
     assert abs(values["1"][1] - values["2"][1]) < 1e-5
+
+
+def test_two_bench_runs_at_once_keep_both_records_and_the_leaderboard(tmp_path):
+    """Two models benched at the same moment into one results directory: both records are written whole,
+    a record written earlier is untouched, and the final leaderboard lists both models."""
+    results = tmp_path / "results"
+    results.mkdir()
+    earlier = results / "mnist-quick-vae-seed0.json"  # a record from an earlier run
+    earlier.write_bytes((ROOT / "benchmarks" / "results" / earlier.name).read_bytes())
+    before = earlier.read_bytes()
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "genbench", "bench", "--model", m, "--profile", "smoke",
+                               "--results-dir", str(results), "--runs-dir", str(tmp_path / "runs"), "--no-progress",
+                               "--no-wandb"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for m in ("gan", "realnvp")]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    names = sorted(r.run_id for r in load_records(results))
+    assert names == ["mnist-quick-vae-seed0", "mnist-smoke-gan-seed0", "mnist-smoke-realnvp-seed0"]
+    assert earlier.read_bytes() == before
+    board = (tmp_path / "leaderboard.md").read_text()
+    smoke = board[board.index("profile `smoke`"):]
+    assert "| genbench | gan | gan |" in smoke and "| genbench | flow | realnvp |" in smoke
+    assert "| genbench | vae | vae |" in board[board.index("profile `quick`"):board.index("profile `smoke`")]
+    assert not list(results.glob(".*.tmp"))  # no temporary file left behind
+
+
+def test_the_same_run_twice_at_once_is_refused(tmp_path):
+    from genbench.bench.run import RunLock
+
+    run_dir = tmp_path / "runs" / "mnist" / "smoke" / "gan" / "seed0"
+    with RunLock(run_dir):  # another bench run holds this run directory
+        out = bench(tmp_path, "gan", "--no-wandb", "--no-leaderboard")
+    assert out.returncode == 2
+    assert "another bench run is using" in out.stderr
+    assert not (tmp_path / "results").exists() or not list((tmp_path / "results").glob("*.json"))
+
+
+@pytest.mark.parametrize("flag", ["--results-dir", "--runs-dir"])
+def test_unwritable_output_directory_fails_before_training_and_keeps_records(flag, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")  # nobody, root included, can create a directory below a file
+    results = tmp_path / "results"
+    results.mkdir()
+    kept = results / "mnist-quick-gan-seed0.json"
+    kept.write_bytes((ROOT / "benchmarks" / "results" / kept.name).read_bytes())
+    dirs = {"--results-dir": str(results), "--runs-dir": str(tmp_path / "runs"), flag: str(blocker / "out")}
+    cmd = [sys.executable, "-m", "genbench", "bench", "--model", "gan", "--profile", "smoke", "--no-progress",
+           "--no-wandb", *[x for kv in dirs.items() for x in kv]]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert f"pass {flag} DIR" in out.stderr and "Traceback" not in out.stderr
+    assert kept.read_bytes() == (ROOT / "benchmarks" / "results" / kept.name).read_bytes()
+    assert blocker.read_text() == "not a directory"
+
+
+def test_no_secret_reaches_a_log_record_or_config_dump(tmp_path):
+    """API keys in the environment never land in a file the bench writes: W&B run, CSV logs, record, config."""
+    secret = "s3cr3t-" + "k" * 33
+    env = {**__import__("os").environ, "WANDB_API_KEY": secret, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1",
+           "HF_TOKEN": secret}
+    cmd = [sys.executable, "-m", "genbench", "bench", "--model", "vae", "--profile", "smoke", "--no-progress",
+           "--results-dir", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs")]
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert secret not in out.stdout + out.stderr
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".wandb" for p in files) and any(p.name == "config.yaml" for p in files)
+    leaked = [str(p) for p in files if secret.encode() in p.read_bytes()]
+    assert not leaked, f"the API key was written to {leaked}"

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from genbench.bench.record import ResultRecord, atomic_write_text, load_records
+from genbench.io import file_lock
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOWER_IS_BETTER = {"bpd": True, "fid": True, "kid": True, "precision": False, "recall": False}
@@ -296,10 +297,13 @@ def render_html(tables: list[dict[str, Any]], results_dir: Path) -> str:
 def build(results_dir: Path, out_dir: Path, reference_file: Path | None = None) -> list[Path]:
     """Write leaderboard.md and leaderboard.html into ``out_dir`` (atomically); returns their paths."""
     reference_file = reference_file or (REPO_ROOT / "benchmarks" / "reference.yaml")
-    tables = build_tables(Path(results_dir), reference_file)
     md, page = Path(out_dir) / "leaderboard.md", Path(out_dir) / "leaderboard.html"
-    atomic_write_text(md, render_markdown(tables))
-    atomic_write_text(page, render_html(tables, Path(results_dir)))
+    # Read the records and write the pages under one lock: a concurrent build that read fewer records
+    # cannot overwrite a newer leaderboard after it.
+    with file_lock(Path(out_dir) / ".leaderboard.lock"):
+        tables = build_tables(Path(results_dir), reference_file)
+        atomic_write_text(md, render_markdown(tables))
+        atomic_write_text(page, render_html(tables, Path(results_dir)))
     return [md, page]
 
 

@@ -15,7 +15,6 @@ import json
 import os
 import sys
 import time
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIGS = REPO_ROOT / "configs"
 DEFAULT_RESULTS = REPO_ROOT / "benchmarks" / "results"
 DEFAULT_RUNS = REPO_ROOT / "runs"
-CHECKPOINT_EVERY = timedelta(minutes=1)
+CHECKPOINT_EVERY = "1m"
 
 
 class BenchError(RuntimeError):
@@ -127,8 +126,12 @@ class RunLock:
     def __enter__(self) -> RunLock:
         import fcntl
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise BenchError(f"cannot create the run directory {self.path.parent} ({err.strerror or err}); pass "
+                             "--runs-dir DIR naming a writable directory") from None
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -162,6 +165,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS)
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="evaluate this checkpoint instead of training (e.g. runs/.../checkpoints/last.ckpt)")
+    p.add_argument("--checkpoint-every", default=CHECKPOINT_EVERY,
+                   help="write runs/.../last.ckpt every N training steps (e.g. 500) or every span of training "
+                        f"time (90s, 5m, 1h); default {CHECKPOINT_EVERY}")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint and train from scratch")
     p.add_argument("--no-wandb", action="store_true", help="do not log to Weights & Biases")
     p.add_argument("--no-leaderboard", action="store_true", help="do not rebuild the leaderboard afterwards")
@@ -192,12 +198,17 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
     from lightning.pytorch.loggers import CSVLogger
 
     from genbench.bench.callbacks import FiniteLossGuard, SampleGrid, TrainThroughput
+    from genbench.bench.checkpointing import AtomicCheckpointIO, parse_checkpoint_every
     from genbench.bench.evaluate import evaluate
     from genbench.bench.plots import save_sample_grid
     from genbench.cli import make_cli
     from genbench.models import registry
 
     files = config_files(args.configs_dir, args.model, args.data, args.profile)
+    try:
+        cadence = parse_checkpoint_every(args.checkpoint_every)
+    except ValueError as err:
+        raise BenchError(str(err)) from None
     family = registry.model_class(args.model).family
     run_id = f"{args.data}-{args.profile}-{args.model}-seed{args.seed}"
     run_dir = args.runs_dir / args.data / args.profile / args.model / f"seed{args.seed}"
@@ -209,10 +220,15 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
         for sub in (ckpt_dir, run_dir / "csv", run_dir / "samples"):
             shutil.rmtree(sub, ignore_errors=True)
         (run_dir / "wandb_id.txt").unlink(missing_ok=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    if not os.access(args.results_dir, os.W_OK):
-        raise BenchError(f"results directory {args.results_dir} is not writable; pass --results-dir DIR")
+    for what, d in (("results", args.results_dir), ("runs", run_dir)):
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            flag = "--results-dir" if what == "results" else "--runs-dir"
+            raise BenchError(f"cannot create the {what} directory {d} ({err.strerror or err}); pass {flag} DIR "
+                             "naming a writable directory") from None
+        if not os.access(d, os.W_OK):
+            raise BenchError(f"{what} directory {d} is not writable; pass --{what}-dir DIR naming a writable one")
 
     cli_args = [f"--config={f}" for f in files] + [
         f"--seed_everything={args.seed}",
@@ -231,14 +247,15 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
     callbacks = [
         FiniteLossGuard(ckpt_dir),
         throughput,
-        ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, train_time_interval=CHECKPOINT_EVERY),
+        ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, **cadence),
         SampleGrid(run_dir / "samples"),
     ]
     logger = make_logger(run_id, run_dir, group=f"{args.data}-{args.profile}",
                          tags=[family, args.model, args.data, args.profile], enabled=not args.no_wandb)
     csv_logger = CSVLogger(save_dir=str(run_dir), name="csv")  # a new version per invocation: resumes append
     cli = make_cli(cli_args, run=False, save_config_callback=None,
-                   trainer_defaults={"callbacks": callbacks, "logger": [lg for lg in (logger, csv_logger) if lg]})
+                   trainer_defaults={"callbacks": callbacks, "logger": [lg for lg in (logger, csv_logger) if lg],
+                                     "plugins": [AtomicCheckpointIO()]})
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
     resolved = yaml.safe_load(cli.parser.dump(cli.config, skip_none=False))
     resolved = redact(resolved)

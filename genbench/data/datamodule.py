@@ -9,6 +9,7 @@ the official one (MNIST: 60k train+val / 10k test).
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import Any
 
 import lightning as L
@@ -17,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from genbench.data import sources
+from genbench.data.resume import PositionedLoader, ResumableSampler
 from genbench.data.toy2d import TOY2D, make_toy2d
 
 TOY_TRAIN_SIZE = 50_000
@@ -66,6 +68,11 @@ class GenDataModule(L.LightningDataModule):
         num_workers: DataLoader workers (the data is held in memory; 0 is usually fastest).
         hflip: random horizontal flips during training (changes the likelihood task: it is recorded).
         train_subset: use only the first N training images (after the split), for quick experiments.
+        shuffle_seed: seed of the training order (epoch ``e`` is the permutation of ``shuffle_seed + e``);
+            default: the run's ``seed_everything`` seed (``PL_GLOBAL_SEED``), else 0.
+
+    Resuming: the position of the training loader (epoch, batches served) is part of the checkpoint, so a run resumed from a mid-epoch checkpoint continues with the very batch an
+    uninterrupted run would have used next (see :mod:`genbench.data.resume`).
     """
 
     def __init__(
@@ -78,6 +85,7 @@ class GenDataModule(L.LightningDataModule):
         num_workers: int = 0,
         hflip: bool = False,
         train_subset: int | None = None,
+        shuffle_seed: int | None = None,
     ) -> None:
         super().__init__()
         self.spec = dataset_spec(dataset)  # raises a clear error on an unknown name
@@ -94,6 +102,7 @@ class GenDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.hflip = hflip
         self.train_subset = train_subset
+        self.shuffle_seed = shuffle_seed
         self.source: str | None = None
         self._splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -154,20 +163,39 @@ class GenDataModule(L.LightningDataModule):
             raise ValueError(f"unknown split {name!r}; valid: train, val, test")
         return self._splits[name]
 
-    def _loader(self, name: str, shuffle: bool, batch_size: int, drop_last: bool = False) -> DataLoader:
+    def _dataset(self, name: str) -> torch.utils.data.Dataset:
         x, y = self.split(name)
-        ds = FlipDataset(x, y) if (name == "train" and self.hflip) else TensorDataset(x, y)
-        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          drop_last=drop_last, persistent_workers=self.num_workers > 0)
+        return FlipDataset(x, y) if (name == "train" and self.hflip) else TensorDataset(x, y)
+
+    def _loader(self, name: str, batch_size: int) -> DataLoader:
+        # a loader-owned generator: creating an iterator never draws from the global RNG
+        return DataLoader(self._dataset(name), batch_size=batch_size, shuffle=False, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0, generator=torch.Generator().manual_seed(0))
+
+    def resolved_shuffle_seed(self) -> int:
+        if self.shuffle_seed is not None:
+            return int(self.shuffle_seed)
+        return int(os.environ.get("PL_GLOBAL_SEED", "0") or 0)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True, self.batch_size, drop_last=True)
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        seed = self.resolved_shuffle_seed()
+        ds = self._dataset("train")
+        if len(ds) // world < self.batch_size:
+            raise ValueError(f"{len(ds)} training examples over {world} device(s) do not fill one batch of "
+                             f"{self.batch_size}; lower data.batch_size or raise data.train_subset")
+        sampler = ResumableSampler(ds, num_replicas=world, rank=rank, seed=seed, drop_last=True)
+        epoch_length = (lambda: trainer.num_training_batches) if trainer is not None else None
+        return PositionedLoader(ds, sampler, generator_seed=seed + rank, epoch_length=epoch_length,
+                                batch_size=self.batch_size, drop_last=True, num_workers=self.num_workers,
+                                persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False, self.eval_batch_size)
+        return self._loader("val", self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False, self.eval_batch_size)
+        return self._loader("test", self.eval_batch_size)
 
     # ------------------------------------------------------------ recorded with every result
     def describe(self) -> dict[str, Any]:

@@ -121,3 +121,67 @@ class GenerativeModel(L.LightningModule, abc.ABC):
             "likelihood": self.likelihood_info(),
             "sampler": self.sampler_info(),
         }
+
+    # ------------------------------------------------------------------ exact resumption
+    # A checkpoint carries the RNG streams the training step draws from (noise, timesteps, dropout,
+    # latents), so that a run resumed from it draws what an uninterrupted run would have drawn. Validation
+    # runs on a copy of those streams and leaves them untouched: a resumed run skips the validation that
+    # was due at its checkpoint, and must still see the same training randomness afterwards. Under DDP the
+    # checkpoint holds rank 0's streams; every rank is seeded alike by ``seed_everything``.
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[RNG_KEY] = rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._pending_rng = checkpoint.get(RNG_KEY)
+
+    def on_train_start(self) -> None:
+        pending = getattr(self, "_pending_rng", None)
+        if pending is not None:
+            set_rng_states(pending)
+            self._pending_rng = None
+
+    def on_validation_start(self) -> None:
+        self._rng_before_validation = rng_states()
+
+    def on_validation_end(self) -> None:
+        saved = getattr(self, "_rng_before_validation", None)
+        if saved is not None:
+            set_rng_states(saved)
+            self._rng_before_validation = None
+
+
+RNG_KEY = "genbench_rng_states"
+
+
+def rng_states() -> dict[str, Any]:
+    """The global RNG states (torch CPU and CUDA, numpy, Python) in types ``torch.load(weights_only=True)`` reads."""
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": random.getstate(),
+    }
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`rng_states` returned (CUDA states only where the same devices exist)."""
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(states["torch"])
+    cuda = states.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    n = states.get("numpy")
+    if n:
+        np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                             n["cached_gaussian"]))
+    if states.get("python") is not None:
+        random.setstate(states["python"])

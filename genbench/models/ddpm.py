@@ -167,7 +167,6 @@ class DDPM(GenerativeModel):
             num_classes=self.num_classes if class_conditional else 0,
         )
         self.ema = copy.deepcopy(self.net).requires_grad_(False)
-        self._ema_updated_at = -1
 
     # ------------------------------------------------------------------ network as a function of (x_t, t)
     def _model_fn(
@@ -238,11 +237,12 @@ class DDPM(GenerativeModel):
         decay = self.hparams.ema_decay
         return min(decay, (1.0 + step) / (10.0 + step)) if self.hparams.ema_warmup else decay
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        step = self.trainer.global_step
-        if step != self._ema_updated_at:  # once per optimizer step (gradient accumulation skips some batches)
-            self.update_ema(self.ema_decay_at(step))
-            self._ema_updated_at = step
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        # The EMA follows each optimizer step inside the step itself, so a checkpoint written at the end of a
+        # batch already holds it (a resumed run must not miss one). Lightning counts the step only after this
+        # hook returns: the step just taken is global_step + 1.
+        super().optimizer_step(*args, **kwargs)
+        self.update_ema(self.ema_decay_at(self.trainer.global_step + 1))
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
