@@ -163,10 +163,10 @@ def inception_speed(dm: GenDataModule, n: int, reps: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="*", default=None, help="default: every registered model")
-    p.add_argument("--steps", type=int, default=12, help="training steps per run (after one untimed)")
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=20, help="training steps per run (after one untimed)")
+    p.add_argument("--warmup", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--reps", type=int, default=5)
     p.add_argument("--sample-n", type=int, default=64)
     p.add_argument("--inception-n", type=int, default=100)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "perf.json")

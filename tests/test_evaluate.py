@@ -278,3 +278,12 @@ def test_fid_against_sampler_steps(digits, tmp_path):
     assert model.sampler_info()["steps"] == 10  # the configured sampler is restored afterwards
     with pytest.raises(NotImplementedError, match="no adjustable number of sampler steps"):
         PixelModel().set_sampling_steps(3)
+
+
+def test_kid_subset_defaults_to_half_the_set_below_2000():
+    cfg = EvalConfig()
+    assert cfg.kid_subset(500) == 250 and cfg.kid_subset(2000) == 1000 and cfg.kid_subset(50000) == 1000
+    assert EvalConfig(kid_subset_size=100).kid_subset(500) == 100
+    assert EvalConfig(kid_subset_size=1000).kid_subset(500) == 500  # clipped to the set
+    with pytest.raises(ValueError, match="kid_subset_size must be >= 2"):
+        EvalConfig(kid_subset_size=1)

@@ -46,3 +46,31 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
     assert state["global_step"] == 5  # written after the five good steps 0-4, before the faulty one
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
     assert math.isfinite(float(state["state_dict"]["lin.weight"].sum()))
+
+
+class Overflows(Blows):
+    """The loss stays finite, but at a chosen step the gradients overflow and the update makes the weights inf."""
+
+    def __init__(self, overflow_at: int) -> None:
+        super().__init__(nan_at=-1)  # the loss itself never turns NaN by injection
+        self.overflow_at = overflow_at
+
+    def on_before_optimizer_step(self, optimizer):
+        if self.global_step == self.overflow_at:
+            self.lin.weight.grad.fill_(float("inf"))
+
+
+def test_non_finite_weights_are_never_checkpointed(tmp_path):
+    ckpt_dir = tmp_path / "ckpt"
+    loader = DataLoader(TensorDataset(torch.randn(64, 4)), batch_size=4)
+    trainer = L.Trainer(accelerator="cpu", max_steps=50, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False,
+                        callbacks=[FiniteLossGuard(ckpt_dir),
+                                   ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
+                                                   every_n_train_steps=1)])
+    with pytest.raises(NonFiniteLossError, match=r"non-finite weights after step 4 .* in lin.weight") as err:
+        trainer.fit(Overflows(overflow_at=3), loader)
+    assert "the checkpoint was not written" in str(err.value) and "last good checkpoint" in str(err.value)
+    state = torch.load(ckpt_dir / "last.ckpt", weights_only=True)
+    assert state["global_step"] == 3  # the good state after steps 0-2; the overflowing update is not on disk
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values())

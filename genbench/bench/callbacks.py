@@ -72,25 +72,40 @@ class NonFiniteLossError(RuntimeError):
 
 
 class FiniteLossGuard(L.Callback):
-    """Stops training at the first non-finite training loss, naming the step.
+    """Stops training at the first non-finite training loss or weights, naming the step.
 
     It checks every loss handed to backward (``on_before_backward``: automatic and manual optimisation
     alike) and raises before the optimizer can apply the damaged gradients and before any checkpoint
-    callback can save them, so the last checkpoint on disk is the last good one.
+    callback can save them. A finite loss can still overflow into non-finite gradients and weights; so
+    every checkpoint is checked as it is assembled (``on_save_checkpoint``, before anything is written),
+    and one holding a NaN/inf weight is refused. Either way the last checkpoint on disk is the last good one.
     """
 
     def __init__(self, checkpoint_dir: Path | None = None) -> None:
         self.checkpoint_dir = checkpoint_dir
 
+    def _where(self) -> str:
+        if self.checkpoint_dir is None:
+            return ""
+        last = Path(self.checkpoint_dir) / "last.ckpt"
+        return f"; the last good checkpoint is {last}" if last.is_file() else "; no checkpoint was written yet"
+
     def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
         if torch.isfinite(loss.detach()).all():
             return
-        where = ""
-        if self.checkpoint_dir is not None:
-            last = Path(self.checkpoint_dir) / "last.ckpt"
-            where = f"; the last good checkpoint is {last}" if last.is_file() else "; no checkpoint was written yet"
         raise NonFiniteLossError(
             f"non-finite training loss ({loss.detach().float().flatten()[0].item()}) at step {trainer.global_step} "
-            f"(epoch {trainer.current_epoch}){where}. Lower the learning rate or enable gradient clipping "
+            f"(epoch {trainer.current_epoch}){self._where()}. Lower the learning rate or enable gradient clipping "
             "and rerun the same command to resume from that checkpoint."
         )
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        bad = [k for k, v in checkpoint.get("state_dict", {}).items()
+               if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise NonFiniteLossError(
+                f"non-finite weights after step {trainer.global_step} (epoch {trainer.current_epoch}) in "
+                f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}: the checkpoint was not written"
+                f"{self._where()}. Lower the learning rate or enable gradient clipping and rerun the same "
+                "command to resume from that checkpoint."
+            )

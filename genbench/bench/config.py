@@ -18,7 +18,9 @@ class EvalConfig:
         reference_split: real images the samples are compared with (``test`` or ``train``); the same n.
         sample_batch_size: images generated per ``model.sample`` call.
         sample_metrics: any of ``fid``, ``kid``, ``prc`` (precision/recall).
-        kid_subset_size: KID subset size (clipped to n).
+        kid_subset_size: KID subset size; ``None`` (default) = ``min(1000, n // 2)``: the usual 1000 where
+            n >= 2000, and below that half the set, so that the 100 subsets differ and the reported std
+            means something (with a subset of all n images every subset is the same set).
         prc_neighborhood: k of the k-NN manifolds of precision/recall.
         likelihood_subset: test images scored for bits/dim; ``None`` = the whole test split (the mean is
             then reported with its standard error over the subset).
@@ -34,7 +36,7 @@ class EvalConfig:
     reference_split: str = "test"
     sample_batch_size: int = 250
     sample_metrics: list[str] = field(default_factory=lambda: list(SAMPLE_METRICS))
-    kid_subset_size: int = 1000
+    kid_subset_size: int | None = None
     prc_neighborhood: int = 3
     likelihood_subset: int | None = None
     likelihood_batch_size: int = 500
@@ -50,11 +52,18 @@ class EvalConfig:
         bad = [m for m in self.sample_metrics if m not in SAMPLE_METRICS]
         if bad:
             raise ValueError(f"unknown sample metric(s) {bad}; valid: {', '.join(SAMPLE_METRICS)}")
+        if self.kid_subset_size is not None and self.kid_subset_size < 2:
+            raise ValueError(f"evaluation.kid_subset_size must be >= 2 or null, got {self.kid_subset_size}")
         if self.likelihood_subset is not None and self.likelihood_subset <= 0:
             raise ValueError(f"evaluation.likelihood_subset must be positive or null, got {self.likelihood_subset}")
 
         if any(int(k) < 1 for k in self.sampler_steps_sweep):
             raise ValueError(f"evaluation.sampler_steps_sweep needs positive step counts, got {self.sampler_steps_sweep}")
+
+    def kid_subset(self, n: int) -> int:
+        """The KID subset size for sets of ``n`` images (at most ``n``, at least 2)."""
+        size = min(1000, n // 2) if self.kid_subset_size is None else self.kid_subset_size
+        return max(2, min(size, n))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

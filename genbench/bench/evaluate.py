@@ -262,7 +262,7 @@ def _sample_metrics(samples: torch.Tensor, datamodule: Any, cfg: EvalConfig, ext
             floor_feats, _ = fidelity.reference_features(
                 floor_imgs, dataset=datamodule.dataset, split="train", start=a, extractor=extractor,
                 num_levels=num_levels, batch_size=FEATURE_BATCH_SIZE, cache_dir=cache_dir, progress=progress)
-            floor_kid = min(cfg.kid_subset_size, len(floor_imgs), len(ref))
+            floor_kid = cfg.kid_subset(min(len(floor_imgs), len(ref)))
             out[N.FID_FLOOR] = {"value": fidelity.fid_from_features(floor_feats, ref_feats), "n": len(floor_imgs),
                                 "kid": fidelity.kid_from_features(floor_feats, ref_feats, floor_kid)[0],
                                 "kid_subset_size": floor_kid,
@@ -271,7 +271,7 @@ def _sample_metrics(samples: torch.Tensor, datamodule: Any, cfg: EvalConfig, ext
         else:
             out[N.FID_FLOOR] = _unavailable("training split too small for a disjoint real-vs-real subset")
     if "kid" in metrics:
-        size = min(cfg.kid_subset_size, n, len(ref))
+        size = cfg.kid_subset(min(n, len(ref)))
         mean, std = fidelity.kid_from_features(feats, ref_feats, size)
         # with subset_size == n every subset is the whole set: the std is then ~0 and says nothing
         out[N.KID] = {"value": mean, "std": std, "subset_size": size, "subsets": fidelity.KID_SUBSETS,
