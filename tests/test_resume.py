@@ -190,7 +190,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path):
 
     io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
     io.save_checkpoint({"global_step": 7, "w": torch.ones(3)}, path)
-    with pytest.raises(pickle.PicklingError):
+    with pytest.raises((pickle.PicklingError, AttributeError)):
         io.save_checkpoint({"global_step": 8, "bad": lambda: None}, path)  # cannot be pickled: dies mid-write
     assert torch.load(path, weights_only=True)["global_step"] == 7
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left behind
