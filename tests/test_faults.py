@@ -31,14 +31,20 @@ class Blows(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
-def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
-    ckpt_dir = tmp_path / "ckpt"
+def _guarded_trainer(ckpt_dir):
+    """A trainer with the guard and a checkpoint after every step, and a tiny loader."""
     loader = DataLoader(TensorDataset(torch.randn(64, 4)), batch_size=4)
     trainer = L.Trainer(accelerator="cpu", max_steps=50, logger=False, enable_progress_bar=False,
                         enable_model_summary=False,
                         callbacks=[FiniteLossGuard(ckpt_dir),
                                    ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
                                                    every_n_train_steps=1)])
+    return trainer, loader
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
+    ckpt_dir = tmp_path / "ckpt"
+    trainer, loader = _guarded_trainer(ckpt_dir)
     with pytest.raises(NonFiniteLossError, match=r"non-finite training loss \(nan\) at step 5") as err:
         trainer.fit(Blows(nan_at=5), loader)
     assert "last good checkpoint" in str(err.value)
@@ -62,12 +68,7 @@ class Overflows(Blows):
 
 def test_non_finite_weights_are_never_checkpointed(tmp_path):
     ckpt_dir = tmp_path / "ckpt"
-    loader = DataLoader(TensorDataset(torch.randn(64, 4)), batch_size=4)
-    trainer = L.Trainer(accelerator="cpu", max_steps=50, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False,
-                        callbacks=[FiniteLossGuard(ckpt_dir),
-                                   ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
-                                                   every_n_train_steps=1)])
+    trainer, loader = _guarded_trainer(ckpt_dir)
     with pytest.raises(NonFiniteLossError, match=r"non-finite weights after step 4 .* in lin.weight") as err:
         trainer.fit(Overflows(overflow_at=3), loader)
     assert "the checkpoint was not written" in str(err.value) and "last good checkpoint" in str(err.value)
