@@ -49,10 +49,23 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to ``path`` atomically."""
+    """``torch.save`` to ``path`` atomically.
+
+    The object is serialised in memory first: saved to a file, torch names the archive's root folder after
+    the (temporary, random) file name, so the same object would give different bytes and sha256 each time.
+    """
+    import io
+
     import torch
 
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(buffer.getbuffer())
+
+    atomic_write(path, write)
 
 
 @contextmanager

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-SAMPLE_METRICS = ("fid", "kid", "prc")
+SAMPLE_METRICS = ("fid", "kid", "prc", "domain")
 
 
 @dataclass
@@ -17,7 +17,9 @@ class EvalConfig:
             only compared at equal n); 0 skips sample metrics.
         reference_split: real images the samples are compared with (``test`` or ``train``); the same n.
         sample_batch_size: images generated per ``model.sample`` call.
-        sample_metrics: any of ``fid``, ``kid``, ``prc`` (precision/recall).
+        sample_metrics: any of ``fid``, ``kid``, ``prc`` (precision/recall) and ``domain`` (Fréchet distance
+            and class coverage in a small classifier's features, :mod:`genbench.metrics.domain`; labelled
+            as such, never FID).
         kid_subset_size: KID subset size; ``None`` (default) = ``min(1000, n // 2)``: the usual 1000 where
             n >= 2000, and below that half the set, so that the 100 subsets differ and the reported std
             means something (with a subset of all n images every subset is the same set).

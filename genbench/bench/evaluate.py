@@ -11,6 +11,10 @@
   extractor and its weights' sha256; ``inception_score`` only with weights that carry the classifier head;
   ``fid_floor``: real-vs-real FID at the same n (a train subset vs the reference images; when the reference
   split is ``train`` the subset is the disjoint ``train[n:2n]``).
+* ``domain_fd``, ``domain_fd_floor``, ``class_coverage`` (labelled domain metric, never FID): the same
+  samples and reference images in the features of a small classifier trained on the dataset
+  (:mod:`genbench.metrics.domain`): Fréchet distance, its real-vs-real floor, and the total-variation
+  distance between predicted-class histograms with the number of classes covered.
 * ``memorization``: nearest-training-image L2 distances of samples against those of as many test images.
 * ``sampling``: images/s of ``model.sample`` with the sampler's own description.
 
@@ -28,6 +32,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -290,6 +295,24 @@ def _sample_metrics(samples: torch.Tensor, datamodule: Any, cfg: EvalConfig, ext
     return out
 
 
+def _domain_metrics(samples: torch.Tensor, datamodule: Any, cfg: EvalConfig, cache_dir: str | None) -> dict[str, Any]:
+    """Fréchet distance and class coverage in a small classifier's features (labelled; never FID)."""
+    from genbench.metrics.domain import DomainExtractor, domain_metrics
+
+    if datamodule.num_classes < 2:
+        return {N.DOMAIN_FD: _unavailable(f"{datamodule.dataset} has no class labels to train a domain classifier")}
+    domain_cache = None if cache_dir is None else str(Path(cache_dir) / "domain")
+    extractor = DomainExtractor(datamodule, cache_dir=domain_cache)
+    n = len(samples)
+    ref = datamodule.split(cfg.reference_split)[0][:n]
+    a = n if cfg.reference_split == "train" else 0  # the same disjoint train subset as the FID floor
+    floor = datamodule.split("train")[0][a: a + n]
+    out = domain_metrics(samples, ref, floor if len(floor) == n else None, extractor)
+    for entry in out.values():
+        entry["reference_split"] = cfg.reference_split
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- evaluate
 def evaluate(
     model: Any,
@@ -333,7 +356,10 @@ def evaluate(
             if n_total > 0:
                 samples, result[N.SAMPLING] = _draw_samples(model, cfg, n_total, ranks, progress)
         if ranks.is_zero and samples is not None:
-            if images and n_quality > 0:
+            inception_metrics = {"fid", "kid", "prc"} & set(cfg.sample_metrics)
+            if images and n_quality > 0 and "domain" in cfg.sample_metrics:
+                result.update(_domain_metrics(samples[:n_quality], datamodule, cfg, cache_dir))
+            if images and n_quality > 0 and inception_metrics:
                 try:
                     extractor = feature_extractor or fidelity.InceptionExtractor(inception_weights,
                                                                                  device=model.device)

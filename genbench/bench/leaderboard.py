@@ -23,12 +23,15 @@ from genbench.bench.record import ResultRecord, atomic_write_text, load_records
 from genbench.io import file_lock
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-LOWER_IS_BETTER = {"bpd": True, "fid": True, "kid": True, "precision": False, "recall": False}
-COLUMNS = ["source", "family", "model", "bpd", "fid", "kid", "precision", "recall", "params", "train_time",
-           "train_images_per_s", "sample_images_per_s", "seeds"]
+LOWER_IS_BETTER = {"bpd": True, "fid": True, "kid": True, "precision": False, "recall": False, "domain_fd": True,
+                   "class_coverage": True}
+COLUMNS = ["source", "family", "model", "bpd", "fid", "kid", "precision", "recall", "domain_fd", "class_coverage",
+           "params", "train_time", "train_images_per_s", "sample_images_per_s", "seeds"]
 HEADERS = {"source": "", "family": "family", "model": "model", "bpd": "bits/dim", "fid": "FID", "kid": "KID",
-           "precision": "precision", "recall": "recall", "params": "params", "train_time": "train time",
-           "train_images_per_s": "train img/s", "sample_images_per_s": "sample img/s", "seeds": "seeds"}
+           "precision": "precision", "recall": "recall", "domain_fd": "FD classifier†", "class_coverage": "class TV†",
+           "params": "params", "train_time": "train time", "train_images_per_s": "train img/s",
+           "sample_images_per_s": "sample img/s", "seeds": "seeds"}
+DIGITS = {"bpd": 3, "precision": 3, "recall": 3, "kid": 4, "fid": 1, "domain_fd": 1, "class_coverage": 3}
 
 
 def _value(record: ResultRecord, key: str) -> float | None:
@@ -76,11 +79,10 @@ def table_rows(records: list[ResultRecord]) -> list[dict[str, Any]]:
         first = recs[0]
         row: dict[str, Any] = {"source": "genbench", "family": first.family, "model": model,
                                "seeds": len(recs), "_num": {}}
-        for key in ("bpd", "fid", "kid", "precision", "recall"):
+        for key in DIGITS:
             mean, std = _agg([_value(r, key) for r in recs])
             row["_num"][key] = mean
-            digits = 3 if key in ("bpd", "precision", "recall") else (4 if key == "kid" else 1)
-            text = _fmt(mean, std, digits)
+            text = _fmt(mean, std, DIGITS[key])
             m = first.metrics.get(key, {})
             if key == "bpd" and mean is not None:
                 kind = m.get("kind", "?")
@@ -88,6 +90,8 @@ def table_rows(records: list[ResultRecord]) -> list[dict[str, Any]]:
                 text += f" ({kind}{', ' + str(est) if est else ''})"
             if key == "fid" and mean is not None:
                 text += f" @{m.get('n')} vs {m.get('reference_split')}"
+            if key == "class_coverage" and mean is not None:
+                text += f" ({m.get('classes_covered')}/{m.get('num_classes')} classes)"
             if key == "bpd" and m.get("available") is False:
                 text = "n/a (no density)"
             row[key] = text
@@ -136,6 +140,10 @@ def baseline_rows(dataset: str, records: list[ResultRecord]) -> list[dict[str, A
                      if isinstance(f.get("kid"), (int, float)) else "—", "precision": "—", "recall": "—",
                      "params": "—", "train_time": "—", "train_images_per_s": "—", "sample_images_per_s": "—",
                      "seeds": "—"})
+        dom = [r.metrics.get("domain_fd_floor") for r in records if isinstance(r.metrics.get("domain_fd_floor"), dict)]
+        dom = [d for d in dom if isinstance(d.get("value"), (int, float))]
+        if dom:
+            rows[-1]["domain_fd"] = f"{dom[-1]['value']:.1f} @{dom[-1].get('n')}"
     hist = _pixel_histogram(dataset)
     if hist is not None:
         rows.append({"source": "baseline", "family": "—", "model": "per-pixel histogram (fit on train)",
@@ -203,7 +211,24 @@ def render_markdown(tables: list[dict[str, Any]]) -> str:
             out += ["Samplers: " + "; ".join(protos), ""]
         if notes:
             out += ["Published rows:", *notes, ""]
+        domain = _domain_note(t["records"])
+        if domain:
+            out += [domain, ""]
     return "\n".join(out) + "\n"
+
+
+def _domain_note(records: list[ResultRecord]) -> str:
+    """The footnote that labels the † columns: which classifier, its weights' sha256 and accuracy."""
+    for r in reversed(records):
+        m = r.metrics.get("domain_fd")
+        if isinstance(m, dict) and m.get("value") is not None:
+            acc = m.get("test_accuracy")
+            acc_text = f", test accuracy {100 * acc:.1f}%" if isinstance(acc, (int, float)) else ""
+            return (f"† Domain metrics, not FID: Fréchet distance in the 128-d features of {m.get('extractor')} "
+                    f"(weights sha256 {str(m.get('weights_sha256'))[:12]}…{acc_text}) at n={m.get('n')}, and the "
+                    "total-variation distance between its predicted-class histograms of samples and real images "
+                    "(classes receiving at least half their real share in brackets).")
+    return ""
 
 
 def _png_b64(fig) -> str:
@@ -280,6 +305,8 @@ def render_html(tables: list[dict[str, Any]], results_dir: Path) -> str:
             title = f" title='{html.escape(r['_note'], quote=True)}'" if "_note" in r else ""
             parts.append(f"<tr class='{r['source']}'{title}>" + "".join(f"<td>{cell(r.get(c, '—'))}</td>" for c in COLUMNS) + "</tr>")
         parts.append("</table>")
+        if _domain_note(t["records"]):
+            parts.append(f"<p><small>{html.escape(_domain_note(t['records']))}</small></p>")
         for caption, b64 in _plots(t):
             parts.append(f"<figure><img src='data:image/png;base64,{b64}'><figcaption>{html.escape(caption)}</figcaption></figure>")
         grids = []

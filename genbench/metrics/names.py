@@ -16,10 +16,14 @@ MEMORIZATION = "memorization"
 SAMPLING = "sampling"
 FID_VS_STEPS = "fid_vs_steps"  # [{"steps", "fid", "n"}] for iterative samplers
 MODE_COVERAGE = "mode_coverage"  # toy2d mixtures: modes recovered and the share of high-quality samples
+DOMAIN_FD = "domain_fd"  # Fréchet distance in a small domain classifier's features (labelled; never FID)
+DOMAIN_FD_FLOOR = "domain_fd_floor"  # its real-vs-real floor at the same n
+CLASS_COVERAGE = "class_coverage"  # predicted-class histogram of samples vs real images (TV distance)
 
-SAMPLE_QUALITY = (FID, KID, PRECISION, RECALL, INCEPTION_SCORE, FID_FLOOR)
+SAMPLE_QUALITY = (FID, KID, PRECISION, RECALL, INCEPTION_SCORE, FID_FLOOR, DOMAIN_FD, DOMAIN_FD_FLOOR, CLASS_COVERAGE)
 LOWER_IS_BETTER = {BPD: True, NLL_NATS: True, FID: True, KID: True, PRECISION: False, RECALL: False,
-                   INCEPTION_SCORE: False, FID_FLOOR: True}
+                   INCEPTION_SCORE: False, FID_FLOOR: True, DOMAIN_FD: True, DOMAIN_FD_FLOOR: True,
+                   CLASS_COVERAGE: True}
 
 
 def bpd_variant(name: str) -> str:
