@@ -97,12 +97,18 @@ def load_records(results_dir: Path) -> list[ResultRecord]:
     return records
 
 
+GENERATED_OUTPUTS = ("benchmarks/results", "benchmarks/leaderboard.md", "benchmarks/leaderboard.html",
+                     "benchmarks/perf.json")
+
+
 def git_sha() -> dict[str, Any]:
     root = Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                                    capture_output=True, text=True, timeout=10).stdout.strip())
+        # dirty = tracked code or configs differ from the commit; the bench's own outputs do not count
+        outputs = [f":(exclude){p}" for p in GENERATED_OUTPUTS]
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *outputs],
+                                    cwd=root, capture_output=True, text=True, timeout=10).stdout.strip())
     except (OSError, subprocess.SubprocessError):
         return {"sha": None, "dirty": None}
     return {"sha": sha or None, "dirty": dirty}
