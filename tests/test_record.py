@@ -100,3 +100,24 @@ def test_leaderboard_shows_published_rows(tmp_path):
     text = md.read_text()
     assert "| published | flow | RealNVP |" in text and "1.06" in text
     assert "1.690 (exact)" in text  # the MNIST per-pixel histogram baseline, computed from the data
+
+
+def test_git_dirty_ignores_the_benchs_own_outputs(tmp_path):
+    import subprocess
+
+    from genbench.bench.record import git_sha
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "benchmarks" / "results" / "r.json").write_text("{}\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init")
+    assert git_sha(tmp_path)["dirty"] is False
+    (tmp_path / "benchmarks" / "results" / "r.json").write_text('{"new": 1}\n')  # a new record: still clean
+    assert git_sha(tmp_path)["dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_sha(tmp_path)["dirty"] is True

@@ -101,8 +101,9 @@ GENERATED_OUTPUTS = ("benchmarks/results", "benchmarks/leaderboard.md", "benchma
                      "benchmarks/perf.json")
 
 
-def git_sha() -> dict[str, Any]:
-    root = Path(__file__).resolve().parents[2]
+def git_sha(root: Path | None = None) -> dict[str, Any]:
+    """The commit of the checkout at ``root`` (default: this project's) and whether its code is modified."""
+    root = Path(root) if root is not None else Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
         # dirty = tracked code or configs differ from the commit; the bench's own outputs do not count
