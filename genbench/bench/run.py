@@ -224,9 +224,8 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
         try:
             d.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            flag = "--results-dir" if what == "results" else "--runs-dir"
-            raise BenchError(f"cannot create the {what} directory {d} ({err.strerror or err}); pass {flag} DIR "
-                             "naming a writable directory") from None
+            raise BenchError(f"cannot create the {what} directory {d} ({err.strerror or err}); pass --{what}-dir "
+                             "DIR naming a writable directory") from None
         if not os.access(d, os.W_OK):
             raise BenchError(f"{what} directory {d} is not writable; pass --{what}-dir DIR naming a writable one")
 
