@@ -121,11 +121,12 @@ def test_changed_world_size_restarts_the_epoch_with_a_warning():
 
 
 # ------------------------------------------------------------------------------------- SIGKILL, real CLI
+SIGKILL_STEPS = 48  # three epochs of 16 batches
 def _bench_cmd(tmp: Path, model: str) -> list[str]:
     return [sys.executable, "-m", "genbench", "bench", "--model", model, "--profile", "smoke", "--no-progress",
             "--no-wandb", "--no-leaderboard", "--accelerator", "cpu", "--devices", "1", "--checkpoint-every", "2",
             "--results-dir", str(tmp / "results"), "--runs-dir", str(tmp / "runs"),
-            "--", "--trainer.deterministic=true", "--trainer.max_steps=40",
+            "--", "--trainer.deterministic=true", f"--trainer.max_steps={SIGKILL_STEPS}",
             "--evaluation.num_samples=0", "--evaluation.memorization_samples=0"]
 
 
@@ -145,11 +146,11 @@ def test_sigkill_mid_epoch_then_rerun_ends_like_an_uninterrupted_bench(tmp_path)
     while time.monotonic() < deadline and proc.poll() is None:
         if ckpt.is_file():
             step = torch.load(ckpt, weights_only=True, map_location="cpu")["global_step"]
-            if step >= 10 and step % 16:
+            if 10 <= step < SIGKILL_STEPS and step % 16:  # mid-epoch, and training not yet over
                 os.kill(proc.pid, signal.SIGKILL)
                 killed_at = step
                 break
-        time.sleep(0.05)
+        time.sleep(0.01)
     proc.wait(timeout=60)
     assert killed_at is not None, "the bench finished before it could be killed: " + proc.stderr.read()[-2000:]
     assert proc.returncode == -signal.SIGKILL
@@ -162,7 +163,7 @@ def test_sigkill_mid_epoch_then_rerun_ends_like_an_uninterrupted_bench(tmp_path)
     a = torch.load(tmp_path / "ref" / "runs" / "mnist" / "smoke" / "vae" / "seed0" / "checkpoints" / "last.ckpt",
                    weights_only=True)
     b = torch.load(ckpt, weights_only=True)
-    assert a["global_step"] == b["global_step"] == 40
+    assert a["global_step"] == b["global_step"] == SIGKILL_STEPS
     diff = [k for k in a["state_dict"] if not torch.equal(a["state_dict"][k], b["state_dict"][k])]
     assert not diff, f"resumed after SIGKILL at step {killed_at}: weights differ in {diff[:5]}"
     (ra,) = (json.loads(p.read_text()) for p in (tmp_path / "ref" / "results").glob("*.json"))
