@@ -195,3 +195,26 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path):
         io.save_checkpoint({"global_step": 8, "bad": lambda: None}, path)  # cannot be pickled: dies mid-write
     assert torch.load(path, weights_only=True)["global_step"] == 7
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_random_flips_are_replayed_on_resume_with_or_without_workers(workers):
+    def loader():
+        dm = GenDataModule("digits", batch_size=16, train_subset=64, hflip=True, shuffle_seed=4, num_workers=workers)
+        dm.setup()
+        return dm.train_dataloader()
+
+    full = loader()
+    full.sampler.set_epoch(1)
+    batches = [b[0] for b in full]
+    resumed = loader()
+    resumed.load_state_dict({"epoch": 1, "batches": 2, "world_size": 1, "batch_size": 16, "seed": 4,
+                             "num_examples": 64})
+    again = [b[0] for b in resumed]
+    assert len(again) == 2 and all(torch.equal(a, b) for a, b in zip(again, batches[2:], strict=True))
+    x = GenDataModule("digits", train_subset=64).split("train")[0]
+    ds = full.dataset
+    flips = [ds.flipped(i, 1) for i in range(64)]
+    assert 16 < sum(flips) < 48  # about half the examples are flipped
+    assert [ds.flipped(i, 2) for i in range(64)] != flips  # another epoch, other flips
+    assert torch.equal(ds[(5, 1)][0], x[5].flip(-1) if flips[5] else x[5])

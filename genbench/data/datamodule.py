@@ -40,17 +40,30 @@ def dataset_spec(name: str) -> sources.DatasetSpec:
 
 
 class FlipDataset(torch.utils.data.Dataset):
-    """Random horizontal flips of uint8 images (training augmentation; recorded as such)."""
+    """Random horizontal flips of uint8 images (training augmentation; recorded as such).
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.x, self.y = x, y
+    Whether example ``i`` is flipped in epoch ``e`` is a function of ``(seed, e, i)`` alone: the
+    :class:`~genbench.data.resume.ResumableSampler` hands out ``(i, e)`` keys to datasets that set
+    ``epoch_aware``. The flips are therefore the same in worker processes and in the main process, and a
+    run resumed mid-epoch replays them exactly.
+    """
+
+    epoch_aware = True
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> None:
+        self.x, self.y, self.seed = x, y, int(seed)
 
     def __len__(self) -> int:
         return len(self.x)
 
-    def __getitem__(self, i: int):
+    def flipped(self, i: int, epoch: int) -> bool:
+        key = (self.seed * 1_000_003 + epoch) * 10_000_019 + i
+        return bool(torch.rand((), generator=torch.Generator().manual_seed(key & (2**63 - 1))) < 0.5)
+
+    def __getitem__(self, key):
+        i, epoch = key if isinstance(key, tuple) else (key, 0)
         img = self.x[i]
-        if torch.rand(()) < 0.5:
+        if self.flipped(int(i), int(epoch)):
             img = img.flip(-1)
         return img, self.y[i]
 
@@ -165,7 +178,9 @@ class GenDataModule(L.LightningDataModule):
 
     def _dataset(self, name: str) -> torch.utils.data.Dataset:
         x, y = self.split(name)
-        return FlipDataset(x, y) if (name == "train" and self.hflip) else TensorDataset(x, y)
+        if name == "train" and self.hflip:
+            return FlipDataset(x, y, seed=self.resolved_shuffle_seed())
+        return TensorDataset(x, y)
 
     def _loader(self, name: str, batch_size: int) -> DataLoader:
         # a loader-owned generator: creating an iterator never draws from the global RNG

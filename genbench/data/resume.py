@@ -32,6 +32,9 @@ class ResumableSampler(DistributedSampler):
         rank: this process's global rank.
         seed: the shuffle seed; epoch ``e`` uses the permutation of ``seed + e``.
         drop_last: drop the tail so that every rank gets the same number of examples.
+
+    A dataset with ``epoch_aware = True`` receives ``(index, epoch)`` keys instead of indices, so that its
+    random augmentation can be a function of the example and the epoch (see ``FlipDataset``).
     """
 
     def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0,
@@ -44,9 +47,12 @@ class ResumableSampler(DistributedSampler):
             self.start = 0  # a new epoch starts from its beginning
         super().set_epoch(epoch)
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[int] | Iterator[tuple[int, int]]:
         indices = list(super().__iter__())
         start, self.start = self.start, 0  # the offset applies to one pass only
+        if getattr(self.dataset, "epoch_aware", False):
+            # random augmentation keyed by (example, epoch): the same in any process, replayed on resume
+            return iter([(i, self.epoch) for i in indices[start:]])
         return iter(indices[start:])
 
 
