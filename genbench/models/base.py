@@ -126,19 +126,49 @@ class GenerativeModel(L.LightningModule, abc.ABC):
     # A checkpoint carries the RNG streams the training step draws from (noise, timesteps, dropout,
     # latents), so that a run resumed from it draws what an uninterrupted run would have drawn. Validation
     # runs on a copy of those streams and leaves them untouched: a resumed run skips the validation that
-    # was due at its checkpoint, and must still see the same training randomness afterwards. Under DDP the
-    # checkpoint holds rank 0's streams; every rank is seeded alike by ``seed_everything``.
+    # was due at its checkpoint, and must still see the same training randomness afterwards.
+    # Under DDP, ``seed_everything`` seeds every rank alike; each rank > 0 then moves to its own stream
+    # (seed + 1000003 * rank), so that ranks draw different noise for their different data, and the
+    # checkpoint holds every rank's torch (and CUDA) stream.
+    def _world(self) -> tuple[int, int]:
+        trainer = self._trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def on_fit_start(self) -> None:
+        world, rank = self._world()
+        if world > 1 and rank > 0:
+            torch.manual_seed(torch.initial_seed() + RANK_SEED_STRIDE * rank)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[RNG_KEY] = rng_states()
+        states = rng_states()
+        world, _ = self._world()
+        if world > 1:  # every rank builds the checkpoint (rank 0 writes it): gather each rank's streams
+            states["per_rank"] = {"torch": self._gather_state(states["torch"])}
+            if torch.cuda.is_available() and torch.cuda.is_initialized() and self.device.type == "cuda":
+                states["per_rank"]["cuda"] = self._gather_state(torch.cuda.get_rng_state(self.device))
+        checkpoint[RNG_KEY] = states
+
+    def _gather_state(self, state: torch.Tensor) -> torch.Tensor:
+        gathered = self.trainer.strategy.all_gather(state.to(self.device))
+        return gathered.cpu().reshape(self._world()[0], -1)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._pending_rng = checkpoint.get(RNG_KEY)
 
     def on_train_start(self) -> None:
         pending = getattr(self, "_pending_rng", None)
-        if pending is not None:
-            set_rng_states(pending)
-            self._pending_rng = None
+        if pending is None:
+            return
+        self._pending_rng = None
+        set_rng_states(pending)
+        world, rank = self._world()
+        per_rank = pending.get("per_rank") or {}
+        if world > 1 and "torch" in per_rank and len(per_rank["torch"]) == world:
+            torch.set_rng_state(per_rank["torch"][rank].clone())  # its own storage: a row view crashes torch
+            if "cuda" in per_rank and self.device.type == "cuda":
+                torch.cuda.set_rng_state(per_rank["cuda"][rank].clone(), self.device)
+        elif world > 1 and rank > 0:  # another world size: fresh per-rank streams from the saved one
+            torch.manual_seed(torch.initial_seed() + RANK_SEED_STRIDE * rank)
 
     def on_validation_start(self) -> None:
         self._rng_before_validation = rng_states()
@@ -151,6 +181,7 @@ class GenerativeModel(L.LightningModule, abc.ABC):
 
 
 RNG_KEY = "genbench_rng_states"
+RANK_SEED_STRIDE = 1_000_003
 
 
 def rng_states() -> dict[str, Any]:
