@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from genbench.bench.config import EvalConfig
 from genbench.data.datamodule import GenDataModule
 from genbench.metrics import fidelity
 
@@ -44,7 +45,8 @@ def main() -> None:
     n_images = len(train) + len(test)
 
     fid = fidelity.fid_from_features(f_train, f_test)
-    kid_mean, kid_std = fidelity.kid_from_features(f_train, f_test, subset_size=min(1000, args.n))
+    kid_subset = EvalConfig().kid_subset(args.n)  # the harness's rule: min(1000, n // 2)
+    kid_mean, kid_std = fidelity.kid_from_features(f_train, f_test, subset_size=kid_subset)
     precision, recall = fidelity.precision_recall(f_train, f_test)
     for images, split, feats in ((train, "train", f_train), (test, "test", f_test)):
         path = fidelity.reference_cache_path(args.data, split, 0, len(images), extractor,
@@ -59,7 +61,7 @@ def main() -> None:
         "fid": fid,
         "kid": kid_mean,
         "kid_std": kid_std,
-        "kid_subset_size": min(1000, args.n),
+        "kid_subset_size": kid_subset,
         "precision": precision,
         "recall": recall,
         "feature_seconds_per_1000_images": 1000.0 * feature_s / n_images,
