@@ -69,11 +69,12 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 @contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (created if needed), waiting for other holders.
+def file_lock(path: Path, wait: bool = True) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created, with its directory, if needed).
 
-    Used where a read-modify-write must not interleave between processes (e.g. two bench runs rebuilding
-    the leaderboard from the records directory at the same moment).
+    ``wait=True`` waits for other holders (e.g. two bench runs rebuilding the leaderboard at the same
+    moment); ``wait=False`` raises ``BlockingIOError`` at once when another process holds it (a run
+    directory in use).
     """
     import fcntl
 
@@ -81,7 +82,7 @@ def file_lock(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock

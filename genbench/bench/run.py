@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import yaml
 
 from genbench.bench.config import EvalConfig
 from genbench.bench.record import ResultRecord, atomic_write_text, environment, redact, write_record
+from genbench.io import file_lock
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIGS = REPO_ROOT / "configs"
@@ -121,29 +123,24 @@ class RunLock:
 
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir) / ".lock"
-        self._fd: int | None = None
+        self._held: ExitStack | None = None
 
     def __enter__(self) -> RunLock:
-        import fcntl
-
+        held = ExitStack()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            held.enter_context(file_lock(self.path, wait=False))
+        except BlockingIOError:
+            raise BenchError(f"another bench run is using {self.path.parent}; wait for it or use another SEED") from None
         except OSError as err:
             raise BenchError(f"cannot create the run directory {self.path.parent} ({err.strerror or err}); pass "
                              "--runs-dir DIR naming a writable directory") from None
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._fd)
-            self._fd = None
-            raise BenchError(f"another bench run is using {self.path.parent}; wait for it or use another SEED") from None
+        self._held = held
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        if self._held is not None:
+            self._held.close()
+            self._held = None
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
