@@ -244,6 +244,13 @@ def _fid_vs_steps(model: Any, datamodule: Any, cfg: EvalConfig, ranks: _Ranks, p
     return sweep
 
 
+def _floor_subset(datamodule: Any, cfg: EvalConfig, n: int) -> tuple[int, torch.Tensor]:
+    """The real-vs-real floor's images and their start: ``n`` training images disjoint from the reference
+    images (``train[n:2n]`` when the reference split is ``train``, else ``train[:n]``)."""
+    start = n if cfg.reference_split == "train" else 0
+    return start, datamodule.split("train")[0][start: start + n]
+
+
 def _sample_metrics(samples: torch.Tensor, datamodule: Any, cfg: EvalConfig, extractor: Any,
                     num_levels: int, progress: bool, cache_dir: str | None) -> dict[str, Any]:
     n = len(samples)
@@ -260,9 +267,7 @@ def _sample_metrics(samples: torch.Tensor, datamodule: Any, cfg: EvalConfig, ext
     metrics = set(cfg.sample_metrics)
     if "fid" in metrics:
         out[N.FID] = {"value": fidelity.fid_from_features(feats, ref_feats), **common}
-        train_x = datamodule.split("train")[0]
-        a = n if cfg.reference_split == "train" else 0
-        floor_imgs = train_x[a: a + n]
+        a, floor_imgs = _floor_subset(datamodule, cfg, n)
         if len(floor_imgs) >= 2:
             floor_feats, _ = fidelity.reference_features(
                 floor_imgs, dataset=datamodule.dataset, split="train", start=a, extractor=extractor,
@@ -305,8 +310,7 @@ def _domain_metrics(samples: torch.Tensor, datamodule: Any, cfg: EvalConfig, cac
     extractor = DomainExtractor(datamodule, cache_dir=domain_cache)
     n = len(samples)
     ref = datamodule.split(cfg.reference_split)[0][:n]
-    a = n if cfg.reference_split == "train" else 0  # the same disjoint train subset as the FID floor
-    floor = datamodule.split("train")[0][a: a + n]
+    _, floor = _floor_subset(datamodule, cfg, n)  # the same real images as the FID floor
     out = domain_metrics(samples, ref, floor if len(floor) == n else None, extractor)
     for entry in out.values():
         entry["reference_split"] = cfg.reference_split
