@@ -305,8 +305,9 @@ def render_html(tables: list[dict[str, Any]], results_dir: Path) -> str:
             title = f" title='{html.escape(r['_note'], quote=True)}'" if "_note" in r else ""
             parts.append(f"<tr class='{r['source']}'{title}>" + "".join(f"<td>{cell(r.get(c, '—'))}</td>" for c in COLUMNS) + "</tr>")
         parts.append("</table>")
-        if _domain_note(t["records"]):
-            parts.append(f"<p><small>{html.escape(_domain_note(t['records']))}</small></p>")
+        domain = _domain_note(t["records"])
+        if domain:
+            parts.append(f"<p><small>{html.escape(domain)}</small></p>")
         for caption, b64 in _plots(t):
             parts.append(f"<figure><img src='data:image/png;base64,{b64}'><figcaption>{html.escape(caption)}</figcaption></figure>")
         grids = []

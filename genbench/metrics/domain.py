@@ -23,6 +23,7 @@ never in the FID column:
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -150,22 +151,22 @@ class DomainExtractor:
         self.num_classes = datamodule.num_classes
         shipped = ASSETS / f"{self.dataset}-classifier.pt"
         if self.dataset in SHIPPED and shipped.is_file():
-            sha = file_sha256(shipped)
-            if sha != SHIPPED[self.dataset]:
-                raise ValueError(f"{shipped} has sha256 {sha}, not the pinned {SHIPPED[self.dataset]}; restore it "
-                                 "with git checkout, or retrain it with benchmarks/train_domain_classifier.py")
             self.path, self.pinned = shipped, True
         else:
             root = Path(cache_dir) if cache_dir is not None else cache_root() / "domain"
             self.path, self.pinned = root / f"{self.dataset}-classifier-{RECIPE.key()}.pt", False
             if not self.path.is_file():
                 build(datamodule, self.path)
-        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        data = self.path.read_bytes()  # hashed and loaded from the same bytes
+        self.weights_sha256 = hashlib.sha256(data).hexdigest()
+        if self.pinned and self.weights_sha256 != SHIPPED[self.dataset]:
+            raise ValueError(f"{shipped} has sha256 {self.weights_sha256}, not the pinned {SHIPPED[self.dataset]}; "
+                             "restore it with git checkout, or retrain it with benchmarks/train_domain_classifier.py")
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         self.info = dict(state["info"])
         self.net = SmallClassifier(datamodule.data_shape[0], self.num_classes)
         self.net.load_state_dict(state["state_dict"])
         self.net.eval()
-        self.weights_sha256 = file_sha256(self.path)
 
     def __call__(self, images: torch.Tensor, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
         """(features float32 [N, 128], class probabilities float32 [N, K])."""

@@ -134,10 +134,13 @@ class GenerativeModel(L.LightningModule, abc.ABC):
         trainer = self._trainer
         return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
-    def on_fit_start(self) -> None:
+    def _own_rank_stream(self) -> None:
         world, rank = self._world()
         if world > 1 and rank > 0:
             torch.manual_seed(torch.initial_seed() + RANK_SEED_STRIDE * rank)
+
+    def on_fit_start(self) -> None:
+        self._own_rank_stream()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         states = rng_states()
@@ -167,8 +170,8 @@ class GenerativeModel(L.LightningModule, abc.ABC):
             torch.set_rng_state(per_rank["torch"][rank].clone())  # its own storage: a row view crashes torch
             if "cuda" in per_rank and self.device.type == "cuda":
                 torch.cuda.set_rng_state(per_rank["cuda"][rank].clone(), self.device)
-        elif world > 1 and rank > 0:  # another world size: fresh per-rank streams from the saved one
-            torch.manual_seed(torch.initial_seed() + RANK_SEED_STRIDE * rank)
+        else:  # another world size (or none): fresh per-rank streams from the saved one
+            self._own_rank_stream()
 
     def on_validation_start(self) -> None:
         self._rng_before_validation = rng_states()
