@@ -33,12 +33,23 @@ class GenBenchCLI(LightningCLI):
     """LightningCLI with the datamodule's metadata linked into the model's ``__init__``."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        from genbench.bench.budget import BudgetConfig
         from genbench.bench.config import EvalConfig
 
         for attr in ("data_shape", "num_levels", "num_classes"):
             parser.link_arguments(f"data.{attr}", f"model.init_args.{attr}", apply_on="instantiate")
         # The evaluation protocol of `bench` lives in the same YAML files; fit/validate/test ignore it.
         parser.add_class_arguments(EvalConfig, "evaluation", instantiate=False)
+        # The training budget (images seen) applies to `fit` and `bench` alike.
+        parser.add_class_arguments(BudgetConfig, "budget", instantiate=False)
+
+    def instantiate_trainer(self, **kwargs):
+        from genbench.bench.budget import BudgetConfig, TrainingBudget
+
+        budget = BudgetConfig(**dict(self._get(self.config_init, "budget", default={}) or {}))
+        trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks.insert(0, TrainingBudget(budget.train_images))  # first: later callbacks see its count
+        return trainer
 
 
 def make_cli(args: list[str] | None = None, run: bool = True, **kwargs) -> GenBenchCLI:

@@ -32,6 +32,12 @@ class EvalConfig:
         seed: seed of sample generation (rank r draws with seed + r).
         sampler_steps_sweep: FID at ``num_samples`` for each of these sampler step counts (iterative samplers
             only, e.g. DDPM); recorded as ``fid_vs_steps`` and plotted on the leaderboard.
+        curve_points: points of the quality-vs-compute curve taken during training (0 = none), spaced on a log
+            scale of images seen from ``curve_first_point`` x ``budget.train_images`` to the whole budget.
+        curve_first_point: the first curve point as a fraction of the budget.
+        curve_samples: samples scored at each curve point by the domain metric (and FID with ``curve_fid``).
+        curve_likelihood_images: test images (the first ones) scored for bits/dim at each curve point.
+        curve_fid: also compute Inception FID at each curve point (minutes per point on a CPU).
     """
 
     num_samples: int = 1000
@@ -45,6 +51,11 @@ class EvalConfig:
     memorization_samples: int = 500
     seed: int = 0
     sampler_steps_sweep: list[int] = field(default_factory=list)
+    curve_points: int = 5
+    curve_first_point: float = 0.01
+    curve_samples: int = 256
+    curve_likelihood_images: int = 256
+    curve_fid: bool = False
 
     def __post_init__(self) -> None:
         if self.num_samples < 0:
@@ -59,6 +70,12 @@ class EvalConfig:
         if self.likelihood_subset is not None and self.likelihood_subset <= 0:
             raise ValueError(f"evaluation.likelihood_subset must be positive or null, got {self.likelihood_subset}")
 
+        if self.curve_points < 0 or self.curve_samples < 0:
+            raise ValueError("evaluation.curve_points and curve_samples must be >= 0")
+        if self.curve_likelihood_images < 1:
+            raise ValueError(f"evaluation.curve_likelihood_images must be >= 1, got {self.curve_likelihood_images}")
+        if not 0.0 < self.curve_first_point <= 1.0:
+            raise ValueError(f"evaluation.curve_first_point must be in (0, 1], got {self.curve_first_point}")
         if any(int(k) < 1 for k in self.sampler_steps_sweep):
             raise ValueError(f"evaluation.sampler_steps_sweep needs positive step counts, got {self.sampler_steps_sweep}")
 
@@ -66,6 +83,16 @@ class EvalConfig:
         """The KID subset size for sets of ``n`` images (at most ``n``, at least 2)."""
         size = min(1000, n // 2) if self.kid_subset_size is None else self.kid_subset_size
         return max(2, min(size, n))
+
+    def curve_images(self, budget_images: int) -> list[int]:
+        """Images seen at which the curve is taken: log-spaced, distinct, the last = the whole budget."""
+        if self.curve_points <= 0 or budget_images <= 0:
+            return []
+        if self.curve_points == 1:
+            return [int(budget_images)]
+        ratio = self.curve_first_point ** (1.0 / (self.curve_points - 1))
+        points = {max(1, round(budget_images * ratio ** (self.curve_points - 1 - i))) for i in range(self.curve_points)}
+        return sorted(points)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

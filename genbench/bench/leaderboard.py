@@ -26,10 +26,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 LOWER_IS_BETTER = {"bpd": True, "fid": True, "kid": True, "precision": False, "recall": False, "domain_fd": True,
                    "class_coverage": True}
 COLUMNS = ["source", "family", "model", "bpd", "fid", "kid", "precision", "recall", "domain_fd", "class_coverage",
-           "params", "train_time", "train_images_per_s", "sample_images_per_s", "seeds"]
+           "params", "train_time", "train_pflop", "train_images_per_s", "sample_images_per_s", "seeds"]
 HEADERS = {"source": "", "family": "family", "model": "model", "bpd": "bits/dim", "fid": "FID", "kid": "KID",
            "precision": "precision", "recall": "recall", "domain_fd": "FD classifier†", "class_coverage": "class TV†",
-           "params": "params", "train_time": "train time", "train_images_per_s": "train img/s",
+           "params": "params", "train_time": "train time", "train_pflop": "train PFLOP",
+           "train_images_per_s": "train img/s",
            "sample_images_per_s": "sample img/s", "seeds": "seeds"}
 DIGITS = {"bpd": 3, "precision": 3, "recall": 3, "kid": 4, "fid": 1, "domain_fd": 1, "class_coverage": 3}
 
@@ -39,6 +40,15 @@ def _value(record: ResultRecord, key: str) -> float | None:
     if isinstance(m, dict) and isinstance(m.get("value"), (int, float)) and m.get("available", True):
         return float(m["value"])
     return None
+
+
+def _compute(record: ResultRecord, key: str) -> Any:
+    return (record.compute.get("training") or {}).get(key)
+
+
+def _truncated(records: list[ResultRecord]) -> list[str]:
+    """Why any of ``records`` stopped before its budget (empty when every one completed it)."""
+    return sorted({str(_compute(r, "stopped_by")) for r in records if _compute(r, "truncated")})
 
 
 def _agg(values: list[float | None]) -> tuple[float | None, float | None]:
@@ -63,6 +73,12 @@ def _fmt_params(n: float | None) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
 
 
+def _fmt_count(n: float | None) -> str:
+    if n is None:
+        return "—"
+    return f"{n / 1e6:.3g}M" if n >= 1e6 else f"{n / 1e3:.3g}k" if n >= 1e4 else f"{n:.0f}"
+
+
 def _fmt_time(s: float | None) -> str:
     if s is None:
         return "—"
@@ -77,8 +93,11 @@ def table_rows(records: list[ResultRecord]) -> list[dict[str, Any]]:
     rows = []
     for model, recs in sorted(by_model.items()):
         first = recs[0]
+        truncated = _truncated(recs)
         row: dict[str, Any] = {"source": "genbench", "family": first.family, "model": model,
-                               "seeds": len(recs), "_num": {}}
+                               "seeds": len(recs), "_num": {}, "_truncated": bool(truncated)}
+        if truncated:  # stopped before its budget: shown, flagged, never marked best
+            row["model"] = f"{model} ⚠ truncated ({', '.join(truncated)})"
         for key in DIGITS:
             mean, std = _agg([_value(r, key) for r in recs])
             row["_num"][key] = mean
@@ -97,6 +116,9 @@ def table_rows(records: list[ResultRecord]) -> list[dict[str, Any]]:
             row[key] = text
         row["params"] = _fmt_params(first.params)
         row["train_time"] = _fmt_time(_agg([r.train.get("wall_time_s") for r in recs])[0])
+        pflop = _agg([_compute(r, "train_pflop") for r in recs])[0]
+        images = _agg([_compute(r, "images_seen") for r in recs])[0]
+        row["train_pflop"] = "—" if pflop is None else f"{pflop:.3g} ({_fmt_count(images)} img)"
         row["train_images_per_s"] = _fmt(*_agg([r.train.get("images_per_s") for r in recs]), 1)
         row["sample_images_per_s"] = _fmt(*_agg([(r.metrics.get("sampling") or {}).get("images_per_s") for r in recs]), 1)
         rows.append(row)
@@ -105,7 +127,8 @@ def table_rows(records: list[ResultRecord]) -> list[dict[str, Any]]:
 
 def _mark_best(rows: list[dict[str, Any]]) -> None:
     for key, lower in LOWER_IS_BETTER.items():
-        vals = [(r["_num"][key], i) for i, r in enumerate(rows) if r["_num"].get(key) is not None]
+        vals = [(r["_num"][key], i) for i, r in enumerate(rows)
+                if r["_num"].get(key) is not None and not r.get("_truncated")]
         if len(vals) < 2:
             continue
         best = (min if lower else max)(vals)[1]
@@ -214,7 +237,34 @@ def render_markdown(tables: list[dict[str, Any]]) -> str:
         domain = _domain_note(t["records"])
         if domain:
             out += [domain, ""]
+        compute = _compute_note(t["records"])
+        if compute:
+            out += [compute, ""]
     return "\n".join(out) + "\n"
+
+
+def _compute_note(records: list[ResultRecord]) -> str:
+    """Training budget and compute, and the sampling cost per image, of each model (latest record)."""
+    latest = {r.model: r for r in records}
+    parts = []
+    for model, r in sorted(latest.items()):
+        train, sampling = r.compute.get("training") or {}, r.compute.get("sampling") or {}
+        if not train:
+            continue
+        text = f"{model}: {train.get('images_seen')} training images"
+        if train.get("budget_train_images"):
+            text += f" of a {train['budget_train_images']} budget"
+        if train.get("train_flops_per_image"):
+            text += f", {train['train_flops_per_image'] / 1e9:.3g} GFLOP/image"
+        if sampling.get("flops_per_image"):
+            text += f"; sampling {sampling['flops_per_image'] / 1e9:.3g} GFLOP/image"
+            if sampling.get("network_evaluations_per_image"):
+                text += f" ({sampling['network_evaluations_per_image']} network evaluations)"
+        parts.append(text)
+    if not parts:
+        return ""
+    return ("Compute (FLOPs counted by torch.utils.flop_counter: matmul/convolution/attention only, "
+            "forward + backward of every player per training image): " + "; ".join(parts) + ".")
 
 
 def _domain_note(records: list[ResultRecord]) -> str:
@@ -270,6 +320,10 @@ def _plots(table: dict[str, Any]) -> list[tuple[str, str]]:
             ax.legend(fontsize=7)
         plots.append(("training curves", _png_b64(fig)))
         plt.close(fig)
+    fig = _quality_vs_compute_figure(recs, plt)
+    if fig is not None:
+        plots.append(("quality against training compute (log PFLOP), measured during training", _png_b64(fig)))
+        plt.close(fig)
     sweeps = [(r.model, r.metrics.get("fid_vs_steps")) for r in recs if r.metrics.get("fid_vs_steps")]
     if sweeps:
         fig, ax = plt.subplots(figsize=(4.5, 3.5))
@@ -282,6 +336,35 @@ def _plots(table: dict[str, Any]) -> list[tuple[str, str]]:
         plots.append(("DDPM FID against sampler steps", _png_b64(fig)))
         plt.close(fig)
     return plots
+
+
+CURVE_METRICS = {"bpd": "bits/dim (test subset)", "domain_fd": "FD classifier†", "class_tv": "class TV†",
+                 "fid": "FID"}
+
+
+def _quality_vs_compute_figure(records: list[ResultRecord], plt: Any) -> Any:
+    """One panel per curve metric: its value against training PFLOP (log x), one line per model."""
+    curves = {}
+    for r in records:
+        pts = [p for p in r.train.get("quality_curve", []) if p.get("train_flops")]
+        if pts:
+            curves[f"{r.model} ({r.family})"] = pts
+    keys = [k for k in CURVE_METRICS if any(p.get(k) is not None for pts in curves.values() for p in pts)]
+    if not keys:
+        return None
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        for label, pts in sorted(curves.items()):
+            xy = [(p["train_flops"] / 1e15, p[key]) for p in pts if p.get(key) is not None]
+            if xy:
+                ax.plot(*zip(*xy, strict=True), marker="o", label=label)
+        n = next((p.get("n_likelihood" if key == "bpd" else "n_samples") for pts in curves.values() for p in pts), None)
+        ax.set_title(f"{CURVE_METRICS[key]}" + (f" @{n}" if n else ""), fontsize=9)
+        ax.set_xscale("log")
+        ax.set_xlabel("training PFLOP")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
 
 
 def render_html(tables: list[dict[str, Any]], results_dir: Path) -> str:
@@ -305,9 +388,9 @@ def render_html(tables: list[dict[str, Any]], results_dir: Path) -> str:
             title = f" title='{html.escape(r['_note'], quote=True)}'" if "_note" in r else ""
             parts.append(f"<tr class='{r['source']}'{title}>" + "".join(f"<td>{cell(r.get(c, '—'))}</td>" for c in COLUMNS) + "</tr>")
         parts.append("</table>")
-        domain = _domain_note(t["records"])
-        if domain:
-            parts.append(f"<p><small>{html.escape(domain)}</small></p>")
+        for note in (_domain_note(t["records"]), _compute_note(t["records"])):
+            if note:
+                parts.append(f"<p><small>{html.escape(note)}</small></p>")
         for caption, b64 in _plots(t):
             parts.append(f"<figure><img src='data:image/png;base64,{b64}'><figcaption>{html.escape(caption)}</figcaption></figure>")
         grids = []

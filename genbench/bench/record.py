@@ -42,6 +42,7 @@ class ResultRecord:
     model_info: dict[str, Any]
     environment: dict[str, Any]
     config: dict[str, Any]
+    compute: dict[str, Any] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     schema_version: int = SCHEMA_VERSION
@@ -115,6 +116,17 @@ def git_sha(root: Path | None = None) -> dict[str, Any]:
     return {"sha": sha or None, "dirty": dirty}
 
 
+def cpu_model() -> str | None:
+    """The processor's model name (Linux ``/proc/cpuinfo``; ``platform.processor()`` elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def environment() -> dict[str, Any]:
     import torch
 
@@ -124,8 +136,8 @@ def environment() -> dict[str, Any]:
             versions[lib] = metadata.version(lib)
         except metadata.PackageNotFoundError:
             versions[lib] = None
-    hw: dict[str, Any] = {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-                          "torch_threads": torch.get_num_threads()}
+    hw: dict[str, Any] = {"cpu": platform.processor() or platform.machine(), "cpu_model": cpu_model(),
+                          "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
     if torch.cuda.is_available():
         hw["gpu"] = torch.cuda.get_device_name(0)
         hw["gpu_count"] = torch.cuda.device_count()

@@ -194,8 +194,10 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
+    from genbench.bench.budget import STOPPED_BY_BUDGET, TrainingBudget, sampling_cost
     from genbench.bench.callbacks import FiniteLossGuard, SampleGrid, TrainThroughput
     from genbench.bench.checkpointing import AtomicCheckpointIO, parse_checkpoint_every
+    from genbench.bench.curve import QualityCurve
     from genbench.bench.evaluate import evaluate
     from genbench.bench.plots import save_sample_grid
     from genbench.cli import make_cli
@@ -258,6 +260,11 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
     if trainer.is_global_zero:
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
     eval_cfg = EvalConfig(**resolved.get("evaluation", {}))
+    budget = next(cb for cb in trainer.callbacks if isinstance(cb, TrainingBudget))
+    curve = QualityCurve(eval_cfg, dm, budget)
+    # before the checkpoint callbacks, so that a checkpoint taken at a curve point holds that point
+    first_ckpt = next(i for i, cb in enumerate(trainer.callbacks) if isinstance(cb, ModelCheckpoint))
+    trainer.callbacks.insert(first_ckpt, curve)
     if logger:
         logger.log_hyperparams({"bench": {"model": args.model, "data": args.data, "profile": args.profile,
                                           "seed": args.seed}, **resolved})
@@ -268,6 +275,7 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
         # DDP, the other ranks), then every rank runs the distributed-aware evaluation.
         state = load_checkpoint(args.checkpoint)
         model.load_state_dict(state["state_dict"])
+        restore_callback_states(state, (budget, curve, throughput))  # the training it records
         ckpt_path = str(args.checkpoint)
         trainer.validate(model, datamodule=dm, verbose=False)
     else:
@@ -290,6 +298,11 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
     if not trainer.is_global_zero:
         return None
 
+    if args.checkpoint is not None:
+        steps = int(state.get("global_step", 0))
+        stopped_by = STOPPED_BY_BUDGET if budget.spent else "unknown (evaluated from a checkpoint)"
+    else:
+        steps, stopped_by = int(trainer.global_step), budget.stopped_by(trainer)
     grid_path = args.results_dir / "samples" / f"{run_id}.png"
     samples = model.sample(64, generator=torch.Generator().manual_seed(args.seed))
     save_sample_grid(samples, grid_path, title=run_id, levels=max(model.num_levels, 2))
@@ -298,10 +311,12 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
         metrics=metrics, params=model.num_parameters(),
         train={"wall_time_s": throughput.train_seconds, "images": throughput.images,
                "images_per_s": throughput.images_per_s, "fit_wall_s_this_invocation": fit_wall_s,
-               "steps": trainer.global_step, "epochs": trainer.current_epoch, "resumed_from": ckpt_path,
+               "steps": steps, "epochs": trainer.current_epoch, "resumed_from": ckpt_path,
                "precision": str(trainer.precision), "world_size": trainer.world_size,
+               "torch_threads": torch.get_num_threads(),
                "checkpoint": "last (no selection by a reported metric)",
-               "curves": read_curves(run_dir / "csv")},
+               "curves": read_curves(run_dir / "csv"), "quality_curve": curve.points},
+        compute={"training": budget.summary(steps, stopped_by), "sampling": sampling_cost(model)},
         evaluation={**eval_cfg.to_dict(), "wall_time_s": eval_wall_s},
         data=dm.describe(), model_info=model.describe(), environment=environment(), config=resolved,
         artifacts={"sample_grid": os.path.relpath(grid_path, args.results_dir), "run_dir": str(run_dir)},
@@ -325,6 +340,14 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
         logger.experiment.finish()
     print(json.dumps(summary_line(record)))
     return path
+
+
+def restore_callback_states(checkpoint: dict[str, Any], callbacks: tuple[Any, ...]) -> None:
+    """Load ``callbacks``' states from a Lightning checkpoint (keyed by each callback's state key)."""
+    states = checkpoint.get("callbacks") or {}
+    for cb in callbacks:
+        if cb.state_key in states:
+            cb.load_state_dict(states[cb.state_key])
 
 
 CURVE_KEYS = ("train/loss", "val/loss", "val/bpd")

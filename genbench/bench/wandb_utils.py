@@ -28,8 +28,17 @@ def log_final(logger, record: ResultRecord, grid_path: Path) -> None:
     summary = flatten_metrics(record.metrics)
     summary.update({"final/params": record.params, "final/train_images_per_s": record.train["images_per_s"],
                     "final/train_wall_time_s": record.train["wall_time_s"]})
+    summary.update(flatten_metrics(record.compute, prefix="compute"))
     logger.experiment.summary.update(summary)
     logger.experiment.log({"final/samples": wandb.Image(str(grid_path))})
+    points = [p for p in record.train.get("quality_curve", []) if p.get("train_flops") is not None]
+    if points:
+        keys = [k for k in ("bpd", "domain_fd", "class_tv", "fid") if any(p.get(k) is not None for p in points)]
+        table = wandb.Table(columns=["train_pflop", "images_seen", *keys],
+                            data=[[p["train_flops"] / 1e15, p["images_seen"], *(p.get(k) for k in keys)] for p in points])
+        logger.experiment.log({f"quality_vs_compute/{k}": wandb.plot.line(table, "train_pflop", k,
+                                                                          title=f"{k} against training PFLOP")
+                               for k in keys})
 
 
 def log_leaderboard(logger, results_dir: Path, dataset: str, profile: str) -> None:

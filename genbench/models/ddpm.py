@@ -375,4 +375,6 @@ class DDPM(GenerativeModel):
             info["eta"] = self.hparams.ddim_eta
         if self.hparams.class_conditional:
             info.update(labels="uniform", guidance_scale=self.hparams.guidance_scale)
+        guided = self.hparams.class_conditional and self.hparams.guidance_scale != 1.0
+        info["network_evaluations"] = info["steps"] * (2 if guided else 1)  # guidance adds an unconditional pass
         return info

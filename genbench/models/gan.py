@@ -300,6 +300,7 @@ class GAN(GenerativeModel):
             "loss": self.loss_name,
             "discriminator_params": sum(p.numel() for p in self.discriminator.parameters()),
             "generator_steps": int(self.num_g_steps),
+            "network_evaluations": 1,
         }
 
     def num_parameters(self) -> int:

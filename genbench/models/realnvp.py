@@ -185,6 +185,7 @@ class RealNVP(GenerativeModel):
             "sampler": "inverse flow of z ~ N(0, temperature^2 I)",
             "temperature": self.temperature,
             "nonfinite_samples_clamped": self.nonfinite_samples,
+            "network_evaluations": 1,  # one inverse pass of the flow
         }
 
     # ------------------------------------------------------------------ Lightning

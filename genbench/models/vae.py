@@ -288,6 +288,7 @@ class VAE(GenerativeModel):
             "sampler": "ancestral: z ~ N(0, I), x ~ p(x|z)",
             "pixels": "decoder_draws" if self.hparams.sample_pixels == "draw" else "decoder_modes",
             "decoder": self._decoder_name(),
+            "network_evaluations": 1,  # one decoder pass
         }
 
     def _decoder_name(self) -> str:
