@@ -274,7 +274,7 @@ def test_smoke_fit_and_sample_through_cli(tmp_path):
     model = GAN.load_from_checkpoint(_checkpoint(tmp_path), weights_only=True, map_location="cpu")
     x = model.sample(8, torch.Generator().manual_seed(0))
     assert x.dtype == torch.uint8 and x.shape == (8, 1, 28, 28)
-    assert int(model.num_d_steps) == 10 and int(model.num_g_steps) == 10  # max_steps 20 = 10 batches x 2 players
+    assert int(model.num_d_steps) == 10 and int(model.num_g_steps) == 10  # a budget of 320 images = 10 batches of 32
     with pytest.raises(LikelihoodUnavailable):
         model.log_likelihood(x)
     initial = _initial_model()

@@ -121,12 +121,12 @@ def test_changed_world_size_restarts_the_epoch_with_a_warning():
 
 
 # ------------------------------------------------------------------------------------- SIGKILL, real CLI
-SIGKILL_STEPS = 48  # three epochs of 16 batches
+SIGKILL_STEPS = 48  # three epochs of 16 batches of 32: a budget of 1536 images
 def _bench_cmd(tmp: Path, model: str) -> list[str]:
     return [sys.executable, "-m", "genbench", "bench", "--model", model, "--profile", "smoke", "--no-progress",
             "--no-wandb", "--no-leaderboard", "--accelerator", "cpu", "--devices", "1", "--checkpoint-every", "2",
             "--results-dir", str(tmp / "results"), "--runs-dir", str(tmp / "runs"),
-            "--", "--trainer.deterministic=true", f"--trainer.max_steps={SIGKILL_STEPS}",
+            "--", "--trainer.deterministic=true", f"--budget.train_images={SIGKILL_STEPS * 32}",
             "--evaluation.num_samples=0", "--evaluation.memorization_samples=0"]
 
 
