@@ -97,6 +97,20 @@ def test_describe(name, digits):
 
 
 @pytest.mark.parametrize("name", MODELS)
+def test_sampling_cost_is_counted_and_declared(name, digits):
+    from genbench.bench.budget import sampling_cost
+
+    model = smoke_model(name, digits)
+    cost = sampling_cost(model, n=2)
+    evaluations = cost["network_evaluations_per_image"]
+    assert isinstance(evaluations, int) and evaluations >= 1, "sampler_info() declares network_evaluations"
+    assert cost["flops_per_image"] > 0
+    if name == "ddpm":  # one UNet pass per sampler step
+        assert evaluations == model.sampler_info()["steps"]
+    assert model.training, "counting restores the training mode"
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_likelihood_is_full_precision_under_autocast(name, digits):
     """Bits/dim do not depend on the training precision: log_likelihood runs in fp32/fp64 under autocast."""
     model = smoke_model(name, digits)
