@@ -46,8 +46,6 @@ from genbench.metrics.likelihood import bpd, mean_and_stderr
 from genbench.metrics.memorization import memorization_report
 from genbench.models.base import LikelihoodUnavailable
 
-FEATURE_BATCH_SIZE = 64
-
 
 # ---------------------------------------------------------------------------------------------- ranks
 class _Ranks:
@@ -199,13 +197,17 @@ def _likelihood_metrics(model: Any, datamodule: Any, cfg: EvalConfig, ranks: _Ra
             name = N.NLL_NATS if key is None else f"{N.NLL_NATS}_{key}"
         else:
             mean, se = mean_and_stderr(bpd(values, model.num_dims))
-            entry = {"value": mean, "stderr": se, "n": m, "subset": subset, "num_dims": model.num_dims}
+            nats, nats_se = mean_and_stderr(values)
+            # the nats the bits/dim come from, so that bpd = nll_nats / (num_dims ln 2) can be checked
+            entry = {"value": mean, "stderr": se, "n": m, "subset": subset, "num_dims": model.num_dims,
+                     "nll_nats": nats, "nll_nats_stderr": nats_se}
             name = N.BPD if key is None else N.bpd_variant(key)
         entry["n_nonfinite"] = nonfinite
         if key is None:
             entry.update(info)
         else:
-            entry.update({"kind": info.get("kind", model.likelihood_kind), "variant": key})
+            entry.update({"kind": info.get("kind", model.likelihood_kind), "variant": key,
+                          **model.likelihood_variant_info(key)})
         out[name] = entry
     if model.is_continuous and N.NLL_NATS in out:
         from genbench.data.toy2d import make_toy2d
@@ -230,12 +232,12 @@ def _fid_vs_steps(model: Any, datamodule: Any, cfg: EvalConfig, ranks: _Ranks, p
                 continue
             extractor = extractor or feature_extractor or fidelity.InceptionExtractor(inception_weights,
                                                                                       device=model.device)
-            feats, _ = fidelity.extract_features(samples, extractor, model.num_levels, FEATURE_BATCH_SIZE, progress,
+            feats, _ = fidelity.extract_features(samples, extractor, model.num_levels, cfg.feature_batch_size, progress,
                                                  desc=f"features ({steps} steps)")
             ref = datamodule.split(cfg.reference_split)[0][: len(samples)]
             ref_feats, _ = fidelity.reference_features(
                 ref, dataset=datamodule.dataset, split=cfg.reference_split, start=0, extractor=extractor,
-                num_levels=model.num_levels, batch_size=FEATURE_BATCH_SIZE, cache_dir=cache_dir, progress=progress)
+                num_levels=model.num_levels, batch_size=cfg.feature_batch_size, cache_dir=cache_dir, progress=progress)
             sweep.append({"steps": int(steps), "fid": fidelity.fid_from_features(feats, ref_feats), "n": len(samples),
                           "images_per_s": timing.get("images_per_s"), "sampler": timing.get("sampler")})
     finally:
@@ -256,13 +258,13 @@ def _sample_metrics(samples: torch.Tensor, datamodule: Any, cfg: EvalConfig, ext
     n = len(samples)
     ref_all = datamodule.split(cfg.reference_split)[0]
     ref = ref_all[:n]
-    feats, logits = fidelity.extract_features(samples, extractor, num_levels, FEATURE_BATCH_SIZE, progress,
+    feats, logits = fidelity.extract_features(samples, extractor, num_levels, cfg.feature_batch_size, progress,
                                               desc="sample features")
     ref_feats, _ = fidelity.reference_features(
         ref, dataset=datamodule.dataset, split=cfg.reference_split, start=0, extractor=extractor,
-        num_levels=num_levels, batch_size=FEATURE_BATCH_SIZE, cache_dir=cache_dir, progress=progress)
+        num_levels=num_levels, batch_size=cfg.feature_batch_size, cache_dir=cache_dir, progress=progress)
     common = {"n": n, "n_reference": len(ref), "reference_split": cfg.reference_split,
-              **fidelity.describe_extractor(extractor)}
+              "feature_batch_size": cfg.feature_batch_size, **fidelity.describe_extractor(extractor)}
     out: dict[str, Any] = {}
     metrics = set(cfg.sample_metrics)
     if "fid" in metrics:
@@ -271,11 +273,11 @@ def _sample_metrics(samples: torch.Tensor, datamodule: Any, cfg: EvalConfig, ext
         if len(floor_imgs) >= 2:
             floor_feats, _ = fidelity.reference_features(
                 floor_imgs, dataset=datamodule.dataset, split="train", start=a, extractor=extractor,
-                num_levels=num_levels, batch_size=FEATURE_BATCH_SIZE, cache_dir=cache_dir, progress=progress)
+                num_levels=num_levels, batch_size=cfg.feature_batch_size, cache_dir=cache_dir, progress=progress)
             floor_kid = cfg.kid_subset(min(len(floor_imgs), len(ref)))
+            floor_kid_mean, floor_kid_std = fidelity.kid_from_features(floor_feats, ref_feats, floor_kid)
             out[N.FID_FLOOR] = {"value": fidelity.fid_from_features(floor_feats, ref_feats), "n": len(floor_imgs),
-                                "kid": fidelity.kid_from_features(floor_feats, ref_feats, floor_kid)[0],
-                                "kid_subset_size": floor_kid,
+                                "kid": floor_kid_mean, "kid_std": floor_kid_std, "kid_subset_size": floor_kid,
                                 "protocol": f"train subset vs {cfg.reference_split}",
                                 "train_range": [a, a + len(floor_imgs)], **common}
         else:
