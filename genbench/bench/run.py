@@ -1,7 +1,8 @@
 """``python -m genbench bench``: fit -> evaluate -> result record -> leaderboard, for one model.
 
 Configs compose as ``configs/trainer/default.yaml``, ``configs/data/<data>.yaml``,
-``configs/model/<model>.yaml`` and ``configs/profile/<profile>/<model>.yaml``; anything after ``--`` is passed
+``configs/model/<model>.yaml``, ``configs/profile/<profile>/<model>.yaml`` and the profile's shared
+``configs/profile/<profile>/evaluation.yaml``; anything after ``--`` is passed
 to the LightningCLI parser (e.g. ``-- --trainer.max_steps 100``). Each run lives in
 ``runs/<data>/<profile>/<model>/seed<seed>/`` (checkpoints, resolved config, sample grids, W&B files);
 rerunning the same command resumes from its last checkpoint. The model evaluated is the last one trained:
@@ -60,6 +61,7 @@ def config_files(configs_dir: Path, model: str, data: str, profile: str) -> list
         raise BenchError(f"unknown PROFILE {profile!r} for MODEL {model!r}; valid: {', '.join(valid_profiles)}")
     files = [configs_dir / "trainer" / "default.yaml", configs_dir / "data" / f"{data}.yaml",
              configs_dir / "model" / f"{model}.yaml", configs_dir / "profile" / profile / f"{model}.yaml"]
+    files += shared_profile_files(configs_dir, profile)
     for f in files:
         if not f.is_file():
             raise BenchError(f"missing config file {f}")
@@ -68,6 +70,13 @@ def config_files(configs_dir: Path, model: str, data: str, profile: str) -> list
         except yaml.YAMLError as err:
             raise BenchError(f"malformed YAML in {f}: {err}") from err
     return files
+
+
+def shared_profile_files(configs_dir: Path, profile: str) -> list[Path]:
+    """``configs/profile/<profile>/evaluation.yaml`` when it exists: the protocol every model of the profile
+    shares (the likelihood subset), composed last so that no model's own file can give it other images."""
+    shared = configs_dir / "profile" / profile / "evaluation.yaml"
+    return [shared] if shared.is_file() else []
 
 
 def wandb_key_configured() -> bool:
