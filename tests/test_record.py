@@ -121,3 +121,48 @@ def test_git_dirty_ignores_the_benchs_own_outputs(tmp_path):
     assert git_sha(tmp_path)["dirty"] is False
     (tmp_path / "code.py").write_text("x = 2\n")
     assert git_sha(tmp_path)["dirty"] is True
+
+
+def test_checkpoint_carries_the_commit_and_config_that_trained_it(tmp_path):
+    """TrainingProvenance: each invocation that trains adds its commit and config hash to the checkpoint; a
+    resumed run keeps the earlier entries, and an evaluation-only read reports the last trainer's."""
+    import lightning as L
+    import torch
+
+    from genbench.bench.callbacks import PROVENANCE_KEY, TrainingProvenance, config_sha256
+    from genbench.data import GenDataModule
+    from genbench.models.realnvp import RealNVP
+
+    def fit(max_steps, sha, config, ckpt_path=None):
+        prov = TrainingProvenance()
+        prov.set_config(config, git={"sha": sha, "dirty": False})
+        dm = GenDataModule("digits", batch_size=16, train_subset=64)
+        model = RealNVP(data_shape=(1, 8, 8), num_levels=17, num_scales=2, mid_channels=4, num_blocks=0)
+        trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, logger=False, limit_val_batches=0,
+                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                            num_sanity_val_steps=0, default_root_dir=str(tmp_path), callbacks=[prov])
+        trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+        trainer.save_checkpoint(tmp_path / "last.ckpt")
+        return prov
+
+    first = fit(2, "a" * 40, {"model": 1})
+    state = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=True)
+    assert state[PROVENANCE_KEY]["history"] == [{"commit": "a" * 40, "dirty": False,
+                                                  "config_sha256": config_sha256({"model": 1})}]
+    assert first.record_fields()["trained_at_commit"] == "a" * 40
+    assert len(first.record_fields()["config_sha256"]) == 64
+    assert config_sha256({"a": 1, "b": 2}) == config_sha256({"b": 2, "a": 1}) != config_sha256({"a": 2, "b": 2})
+
+    resumed = fit(4, "b" * 40, {"model": 2}, ckpt_path=tmp_path / "last.ckpt")  # trains 2 more steps
+    fields = resumed.record_fields()
+    assert fields["trained_at_commit"] == "b" * 40 and fields["config_sha256"] == config_sha256({"model": 2})
+    assert [e["commit"] for e in fields["trained_by"]] == ["a" * 40, "b" * 40]
+
+    evaluator = TrainingProvenance()  # the --checkpoint path: trains nothing, reads the checkpoint
+    evaluator.set_config({"model": 3}, git={"sha": "c" * 40, "dirty": True})
+    evaluator.load_from(torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=True))
+    assert evaluator.record_fields()["trained_at_commit"] == "b" * 40
+    old = TrainingProvenance()
+    old.load_from({"state_dict": {}})  # a checkpoint written before provenance was stored
+    assert old.record_fields() == {"trained_at_commit": None, "trained_at_dirty": None, "config_sha256": None,
+                                   "trained_by": []}

@@ -203,7 +203,7 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
-    from genbench.bench.callbacks import FiniteLossGuard, SampleGrid, TrainThroughput
+    from genbench.bench.callbacks import FiniteLossGuard, SampleGrid, TrainingProvenance, TrainThroughput
     from genbench.bench.checkpointing import AtomicCheckpointIO, parse_checkpoint_every
     from genbench.bench.evaluate import evaluate
     from genbench.bench.plots import save_sample_grid
@@ -249,9 +249,11 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
     cli_args += extra
 
     throughput = TrainThroughput()
+    provenance = TrainingProvenance()
     callbacks = [
         FiniteLossGuard(ckpt_dir),
         throughput,
+        provenance,
         ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, **cadence),
         SampleGrid(run_dir / "samples"),
     ]
@@ -264,6 +266,7 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
     resolved = yaml.safe_load(cli.parser.dump(cli.config, skip_none=False))
     resolved = redact(resolved)
+    provenance.set_config(resolved)
     if trainer.is_global_zero:
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
     eval_cfg = EvalConfig(**resolved.get("evaluation", {}))
@@ -277,6 +280,7 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
         # DDP, the other ranks), then every rank runs the distributed-aware evaluation.
         state = load_checkpoint(args.checkpoint)
         model.load_state_dict(state["state_dict"])
+        provenance.load_from(state)  # the commit and config that trained these weights
         ckpt_path = str(args.checkpoint)
         trainer.validate(model, datamodule=dm, verbose=False)
     else:
@@ -315,6 +319,7 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
         data=dm.describe(), model_info=model.describe(), environment=environment(), config=resolved,
         artifacts={"sample_grid": os.path.relpath(grid_path, args.results_dir), "run_dir": str(run_dir)},
     )
+    record.train.update(provenance.record_fields())
     path = write_record(record, args.results_dir)
     print(f"genbench: wrote {path}")
     if logger:
