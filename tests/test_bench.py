@@ -83,6 +83,8 @@ def test_rerun_resumes_from_the_last_checkpoint(bench_dir):
     rec = {r.model: r for r in load_records(bench_dir / "results")}["vae"]
     assert rec.train["resumed_from"].endswith("last.ckpt")
     assert rec.train["curves"]["train/loss"], "the curves logged before the resume are kept"
+    # the same commit and config resumed: still one training invocation on record
+    assert len(rec.train["trained_by"]) == 1 and rec.train["trained_at_commit"] == rec.environment["git"]["sha"]
 
 
 def test_corrupted_checkpoint_is_reported_and_kept(bench_dir):
@@ -115,6 +117,10 @@ def test_same_checkpoint_same_bpd_on_one_and_two_devices(bench_dir):
         assert out.returncode == 0, out.stderr[-3000:]
         (rec,) = load_records(out_dir / "results")
         assert rec.train["world_size"] == int(devices)
+        # evaluated with other settings: the record names the config that trained the weights, from the checkpoint
+        trained = {r.model: r for r in load_records(bench_dir / "results")}["vae"]
+        assert rec.train["config_sha256"] == trained.train["config_sha256"]
+        assert rec.train["trained_at_commit"] == trained.train["trained_at_commit"]
         values[devices] = (rec.metrics["bpd"]["value"], rec.metrics["bpd_elbo"]["value"], rec.metrics["bpd"]["n"])
     assert values["1"][2] == values["2"][2] == 64
     assert abs(values["1"][0] - values["2"][0]) < 1e-5
