@@ -3,14 +3,16 @@
 :func:`evaluate` returns a JSON-serialisable dict keyed by :mod:`genbench.metrics.names`:
 
 * ``bpd`` (and ``bpd_<name>`` per ``model.likelihood_variants()``): bits/dim of the first
-  ``likelihood_subset`` test images (all of them when ``None``), mean with its standard error; a model
+  ``likelihood_subset`` test images (all of them when ``None``), mean with its standard error, beside the
+  nats per image they come from (``nll_nats``, ``nll_nats_stderr``; bpd = nll_nats / (D ln 2)); a model
   without a density reports ``{"available": False, "reason": ...}``. Continuous data (toy2d) report
   ``nll_nats`` instead, beside the density's true entropy.
 * ``fid``, ``kid``, ``precision``, ``recall``: ``num_samples`` generated images against the first
   ``num_samples`` images of ``reference_split``, TF-FID Inception features (torch-fidelity), with the
   extractor and its weights' sha256; ``inception_score`` only with weights that carry the classifier head;
-  ``fid_floor``: real-vs-real FID at the same n (a train subset vs the reference images; when the reference
-  split is ``train`` the subset is the disjoint ``train[n:2n]``).
+  ``fid_floor``: real-vs-real FID (and KID with its std) at the same n (a train subset vs the reference
+  images; when the reference split is ``train`` the subset is the disjoint ``train[n:2n]``). Features are
+  extracted ``feature_batch_size`` images at a time (recorded with each entry).
 * ``domain_fd``, ``domain_fd_floor``, ``class_coverage`` (labelled domain metric, never FID): the same
   samples and reference images in the features of a small classifier trained on the dataset
   (:mod:`genbench.metrics.domain`): Fréchet distance, its real-vs-real floor, and the total-variation
