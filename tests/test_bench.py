@@ -1,5 +1,6 @@
 """`python -m genbench bench` end to end for every family (smoke profile), through the real CLI."""
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -40,7 +41,16 @@ def test_smoke_bench_end_to_end(model, bench_dir):
         assert rec.metrics["bpd"]["available"] is False
     else:
         bpd = rec.metrics["bpd"]
-        assert 0 < bpd["value"] < 8.5 and bpd["kind"] in ("exact", "bound") and bpd["n"] > 0
+        assert 0 < bpd["value"] < 8.5 and bpd["kind"] == "bound" and bpd["n"] > 0
+        assert bpd["n"] == rec.evaluation["likelihood_subset"] == 32  # the profile's one subset
+        assert bpd["value"] == pytest.approx(bpd["nll_nats"] / (bpd["num_dims"] * math.log(2)), rel=1e-12)
+    if model == "realnvp":
+        iw = rec.metrics["bpd_iw_dequant"]
+        assert iw["K"] == 16 and iw["n"] == rec.metrics["bpd"]["n"] and iw["value"] > 0
+    # the weights' own commit and config, beside the evaluating checkout's
+    assert rec.train["trained_at_commit"] == rec.environment["git"]["sha"]
+    assert len(rec.train["config_sha256"]) == 64 and len(rec.train["trained_by"]) == 1
+    assert rec.evaluation["feature_batch_size"] == 64 and fid["feature_batch_size"] == 64
     assert rec.params > 0 and rec.train["images_per_s"] > 0 and rec.train["steps"] > 0
     assert rec.environment["versions"]["torch"] and rec.config["model"]["class_path"].startswith("genbench.models.")
     assert (bench_dir / "results" / rec.artifacts["sample_grid"]).is_file()
@@ -73,6 +83,8 @@ def test_rerun_resumes_from_the_last_checkpoint(bench_dir):
     rec = {r.model: r for r in load_records(bench_dir / "results")}["vae"]
     assert rec.train["resumed_from"].endswith("last.ckpt")
     assert rec.train["curves"]["train/loss"], "the curves logged before the resume are kept"
+    # the same commit and config resumed: still one training invocation on record
+    assert len(rec.train["trained_by"]) == 1 and rec.train["trained_at_commit"] == rec.environment["git"]["sha"]
 
 
 def test_corrupted_checkpoint_is_reported_and_kept(bench_dir):
@@ -105,6 +117,10 @@ def test_same_checkpoint_same_bpd_on_one_and_two_devices(bench_dir):
         assert out.returncode == 0, out.stderr[-3000:]
         (rec,) = load_records(out_dir / "results")
         assert rec.train["world_size"] == int(devices)
+        # evaluated with other settings: the record names the config that trained the weights, from the checkpoint
+        trained = {r.model: r for r in load_records(bench_dir / "results")}["vae"]
+        assert rec.train["config_sha256"] == trained.train["config_sha256"]
+        assert rec.train["trained_at_commit"] == trained.train["trained_at_commit"]
         values[devices] = (rec.metrics["bpd"]["value"], rec.metrics["bpd_elbo"]["value"], rec.metrics["bpd"]["n"])
     assert values["1"][2] == values["2"][2] == 64
     assert abs(values["1"][0] - values["2"][0]) < 1e-5

@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from test_record import make_record
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -16,7 +17,6 @@ from genbench.bench import leaderboard
 from genbench.bench.budget import BudgetConfig, TrainingBudget, count_flops
 from genbench.bench.config import EvalConfig
 from genbench.bench.record import load_records, write_record
-from test_record import make_record
 
 ROOT = Path(__file__).resolve().parents[1]
 

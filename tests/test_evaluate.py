@@ -125,6 +125,15 @@ def test_evaluate_likelihood_sample_metrics_and_record(digits, tmp_path):
     assert out[N.BPD]["value"] == pytest.approx(mean, rel=1e-12)
     assert out[N.BPD]["stderr"] == pytest.approx(se, rel=1e-12)
     assert out[N.BPD]["n"] == 101 and out[N.BPD]["kind"] == LIKELIHOOD_EXACT
+    nats, nats_se = mean_and_stderr(nll)
+    assert out[N.BPD]["nll_nats"] == pytest.approx(nats, rel=1e-12)
+    assert out[N.BPD]["nll_nats_stderr"] == pytest.approx(nats_se, rel=1e-12)
+    # the record alone lets a reader check bpd = nll_nats / (D ln 2), for the mean and its standard error
+    d = out[N.BPD]["num_dims"]
+    assert d == 64 and out[N.BPD]["value"] == pytest.approx(out[N.BPD]["nll_nats"] / (d * math.log(2)), rel=1e-12)
+    assert out[N.BPD]["stderr"] == pytest.approx(out[N.BPD]["nll_nats_stderr"] / (d * math.log(2)), rel=1e-12)
+    halved = out[N.bpd_variant("halved")]
+    assert halved["nll_nats"] == pytest.approx(nats / 2, rel=1e-12) and halved["n"] == 101
     assert out[N.bpd_variant("halved")]["value"] == pytest.approx(mean / 2, rel=1e-12)
     for key in (N.FID, N.KID, N.PRECISION, N.RECALL):
         assert out[key]["n"] == 48 and out[key]["reference_split"] == "test"
@@ -135,6 +144,9 @@ def test_evaluate_likelihood_sample_metrics_and_record(digits, tmp_path):
     assert floor["n"] == 48 and floor["protocol"] == "train subset vs test" and floor["train_range"] == [0, 48]
     assert 0 < floor["value"] < out[N.FID]["value"]  # independent pixels are far from real digits
     assert floor["kid"] < out[N.KID]["value"] and floor["kid_subset_size"] == 32
+    # the floor's KID carries its std over subsets, like the models' KID
+    assert floor["kid_std"] > 0 and out[N.KID]["std"] > 0
+    assert out[N.FID]["feature_batch_size"] == cfg.feature_batch_size == 64
     assert out[N.SAMPLING]["n"] == 48 and out[N.SAMPLING]["images_per_s"] > 0
     assert out[N.SAMPLING]["eval_mode"] is True
     assert out[N.MEMORIZATION]["n"] == 24 and out[N.MEMORIZATION]["exact_copies"] == 0
@@ -278,6 +290,19 @@ def test_fid_against_sampler_steps(digits, tmp_path):
     assert model.sampler_info()["steps"] == 10  # the configured sampler is restored afterwards
     with pytest.raises(NotImplementedError, match="no adjustable number of sampler steps"):
         PixelModel().set_sampling_steps(3)
+
+
+def test_fid_does_not_depend_on_the_feature_batch_size(digits, tmp_path):
+    kw = dict(progress=False, feature_extractor=TinyExtractor())
+    base = dict(likelihood_subset=8, memorization_samples=0, sample_metrics=["fid", "kid"])
+    a = evaluate(PixelModel(), digits, _cfg(feature_batch_size=64, **base), cache_dir=str(tmp_path / "a"), **kw)
+    b = evaluate(PixelModel(), digits, _cfg(feature_batch_size=7, **base), cache_dir=str(tmp_path / "b"), **kw)
+    assert a[N.FID]["feature_batch_size"] == 64 and b[N.FID]["feature_batch_size"] == 7
+    assert a[N.FID]["value"] == pytest.approx(b[N.FID]["value"], rel=1e-6)
+    assert a[N.FID_FLOOR]["value"] == pytest.approx(b[N.FID_FLOOR]["value"], rel=1e-6)
+    assert a[N.KID]["value"] == pytest.approx(b[N.KID]["value"], rel=1e-6, abs=1e-9)
+    with pytest.raises(ValueError, match="feature_batch_size must be >= 1"):
+        EvalConfig(feature_batch_size=0)
 
 
 def test_kid_subset_defaults_to_half_the_set_below_2000():

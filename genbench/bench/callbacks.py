@@ -109,3 +109,60 @@ class FiniteLossGuard(L.Callback):
                 f"{self._where()}. Lower the learning rate or enable gradient clipping and rerun the same "
                 "command to resume from that checkpoint."
             )
+
+
+PROVENANCE_KEY = "genbench_provenance"
+
+
+def config_sha256(config: dict[str, Any]) -> str:
+    """sha256 of a resolved config as JSON with sorted keys: equal configs hash alike whatever the key order."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class TrainingProvenance(L.Callback):
+    """Writes into every checkpoint the commit and config hash of each invocation that trained its weights.
+
+    A record made later from the checkpoint (``--checkpoint``, or a rerun after training finished) then
+    names the code that trained the weights, not only the code that evaluated them. A resumed run keeps the
+    entries of the checkpoint it resumed from and adds its own once it has trained a batch.
+    """
+
+    def __init__(self) -> None:
+        self.history: list[dict[str, Any]] = []
+        self.current: dict[str, Any] | None = None
+        self._trained = False
+
+    def set_config(self, config: dict[str, Any], git: dict[str, Any] | None = None) -> None:
+        from genbench.bench.record import git_sha
+
+        git = git_sha() if git is None else git
+        self.current = {"commit": git.get("sha"), "dirty": git.get("dirty"), "config_sha256": config_sha256(config)}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._trained = True
+
+    def entries(self) -> list[dict[str, Any]]:
+        entries = list(self.history)
+        if self._trained and self.current is not None and (not entries or entries[-1] != self.current):
+            entries.append(dict(self.current))
+        return entries
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        checkpoint[PROVENANCE_KEY] = {"history": self.entries()}
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        self.load_from(checkpoint)
+
+    def load_from(self, checkpoint: dict[str, Any]) -> None:
+        self.history = list((checkpoint.get(PROVENANCE_KEY) or {}).get("history") or [])
+
+    def record_fields(self) -> dict[str, Any]:
+        """``train.trained_at_commit`` / ``trained_at_dirty`` / ``config_sha256`` of the last invocation that
+        trained, and every such invocation in order (``None`` for a checkpoint written without them)."""
+        entries = self.entries()
+        last = entries[-1] if entries else {}
+        return {"trained_at_commit": last.get("commit"), "trained_at_dirty": last.get("dirty"),
+                "config_sha256": last.get("config_sha256"), "trained_by": entries}

@@ -24,8 +24,12 @@ class EvalConfig:
             n >= 2000, and below that half the set, so that the 100 subsets differ and the reported std
             means something (with a subset of all n images every subset is the same set).
         prc_neighborhood: k of the k-NN manifolds of precision/recall.
-        likelihood_subset: test images scored for bits/dim; ``None`` = the whole test split (the mean is
-            then reported with its standard error over the subset).
+        feature_batch_size: images per Inception forward pass (FID, KID, precision/recall, the floor). FID does not depend
+            on it beyond float rounding (tests/test_evaluate.py checks two sizes agree); it only trades
+            memory for speed, and is recorded so that a rerun can use the same one.
+        likelihood_subset: the first n test images scored for bits/dim; ``None`` = the whole test split. The
+            mean is reported with its standard error over those n images. Set once per profile in
+            ``configs/profile/<profile>/evaluation.yaml`` so that every family is scored on the same images.
         likelihood_batch_size: images per ``model.log_likelihood`` call.
         memorization_samples: samples compared with the training set by nearest-neighbour distance
             (0 skips the check).
@@ -46,6 +50,7 @@ class EvalConfig:
     sample_metrics: list[str] = field(default_factory=lambda: list(SAMPLE_METRICS))
     kid_subset_size: int | None = None
     prc_neighborhood: int = 3
+    feature_batch_size: int = 64
     likelihood_subset: int | None = None
     likelihood_batch_size: int = 500
     memorization_samples: int = 500
@@ -67,6 +72,8 @@ class EvalConfig:
             raise ValueError(f"unknown sample metric(s) {bad}; valid: {', '.join(SAMPLE_METRICS)}")
         if self.kid_subset_size is not None and self.kid_subset_size < 2:
             raise ValueError(f"evaluation.kid_subset_size must be >= 2 or null, got {self.kid_subset_size}")
+        if self.feature_batch_size < 1:
+            raise ValueError(f"evaluation.feature_batch_size must be >= 1, got {self.feature_batch_size}")
         if self.likelihood_subset is not None and self.likelihood_subset <= 0:
             raise ValueError(f"evaluation.likelihood_subset must be positive or null, got {self.likelihood_subset}")
 

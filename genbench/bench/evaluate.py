@@ -3,14 +3,16 @@
 :func:`evaluate` returns a JSON-serialisable dict keyed by :mod:`genbench.metrics.names`:
 
 * ``bpd`` (and ``bpd_<name>`` per ``model.likelihood_variants()``): bits/dim of the first
-  ``likelihood_subset`` test images (all of them when ``None``), mean with its standard error; a model
+  ``likelihood_subset`` test images (all of them when ``None``), mean with its standard error, beside the
+  nats per image they come from (``nll_nats``, ``nll_nats_stderr``; bpd = nll_nats / (D ln 2)); a model
   without a density reports ``{"available": False, "reason": ...}``. Continuous data (toy2d) report
   ``nll_nats`` instead, beside the density's true entropy.
 * ``fid``, ``kid``, ``precision``, ``recall``: ``num_samples`` generated images against the first
   ``num_samples`` images of ``reference_split``, TF-FID Inception features (torch-fidelity), with the
   extractor and its weights' sha256; ``inception_score`` only with weights that carry the classifier head;
-  ``fid_floor``: real-vs-real FID at the same n (a train subset vs the reference images; when the reference
-  split is ``train`` the subset is the disjoint ``train[n:2n]``).
+  ``fid_floor``: real-vs-real FID (and KID with its std) at the same n (a train subset vs the reference
+  images; when the reference split is ``train`` the subset is the disjoint ``train[n:2n]``). Features are
+  extracted ``feature_batch_size`` images at a time (recorded with each entry).
 * ``domain_fd``, ``domain_fd_floor``, ``class_coverage`` (labelled domain metric, never FID): the same
   samples and reference images in the features of a small classifier trained on the dataset
   (:mod:`genbench.metrics.domain`): Fréchet distance, its real-vs-real floor, and the total-variation
@@ -45,8 +47,6 @@ from genbench.metrics.inception import InceptionWeightsError
 from genbench.metrics.likelihood import bpd, mean_and_stderr
 from genbench.metrics.memorization import memorization_report
 from genbench.models.base import LikelihoodUnavailable
-
-FEATURE_BATCH_SIZE = 64
 
 
 # ---------------------------------------------------------------------------------------------- ranks
@@ -199,13 +199,17 @@ def _likelihood_metrics(model: Any, datamodule: Any, cfg: EvalConfig, ranks: _Ra
             name = N.NLL_NATS if key is None else f"{N.NLL_NATS}_{key}"
         else:
             mean, se = mean_and_stderr(bpd(values, model.num_dims))
-            entry = {"value": mean, "stderr": se, "n": m, "subset": subset, "num_dims": model.num_dims}
+            nats, nats_se = mean_and_stderr(values)
+            # the nats the bits/dim come from, so that bpd = nll_nats / (num_dims ln 2) can be checked
+            entry = {"value": mean, "stderr": se, "n": m, "subset": subset, "num_dims": model.num_dims,
+                     "nll_nats": nats, "nll_nats_stderr": nats_se}
             name = N.BPD if key is None else N.bpd_variant(key)
         entry["n_nonfinite"] = nonfinite
         if key is None:
             entry.update(info)
         else:
-            entry.update({"kind": info.get("kind", model.likelihood_kind), "variant": key})
+            entry.update({"kind": info.get("kind", model.likelihood_kind), "variant": key,
+                          **model.likelihood_variant_info(key)})
         out[name] = entry
     if model.is_continuous and N.NLL_NATS in out:
         from genbench.data.toy2d import make_toy2d
@@ -230,12 +234,12 @@ def _fid_vs_steps(model: Any, datamodule: Any, cfg: EvalConfig, ranks: _Ranks, p
                 continue
             extractor = extractor or feature_extractor or fidelity.InceptionExtractor(inception_weights,
                                                                                       device=model.device)
-            feats, _ = fidelity.extract_features(samples, extractor, model.num_levels, FEATURE_BATCH_SIZE, progress,
+            feats, _ = fidelity.extract_features(samples, extractor, model.num_levels, cfg.feature_batch_size, progress,
                                                  desc=f"features ({steps} steps)")
             ref = datamodule.split(cfg.reference_split)[0][: len(samples)]
             ref_feats, _ = fidelity.reference_features(
                 ref, dataset=datamodule.dataset, split=cfg.reference_split, start=0, extractor=extractor,
-                num_levels=model.num_levels, batch_size=FEATURE_BATCH_SIZE, cache_dir=cache_dir, progress=progress)
+                num_levels=model.num_levels, batch_size=cfg.feature_batch_size, cache_dir=cache_dir, progress=progress)
             sweep.append({"steps": int(steps), "fid": fidelity.fid_from_features(feats, ref_feats), "n": len(samples),
                           "images_per_s": timing.get("images_per_s"), "sampler": timing.get("sampler")})
     finally:
@@ -256,13 +260,13 @@ def _sample_metrics(samples: torch.Tensor, datamodule: Any, cfg: EvalConfig, ext
     n = len(samples)
     ref_all = datamodule.split(cfg.reference_split)[0]
     ref = ref_all[:n]
-    feats, logits = fidelity.extract_features(samples, extractor, num_levels, FEATURE_BATCH_SIZE, progress,
+    feats, logits = fidelity.extract_features(samples, extractor, num_levels, cfg.feature_batch_size, progress,
                                               desc="sample features")
     ref_feats, _ = fidelity.reference_features(
         ref, dataset=datamodule.dataset, split=cfg.reference_split, start=0, extractor=extractor,
-        num_levels=num_levels, batch_size=FEATURE_BATCH_SIZE, cache_dir=cache_dir, progress=progress)
+        num_levels=num_levels, batch_size=cfg.feature_batch_size, cache_dir=cache_dir, progress=progress)
     common = {"n": n, "n_reference": len(ref), "reference_split": cfg.reference_split,
-              **fidelity.describe_extractor(extractor)}
+              "feature_batch_size": cfg.feature_batch_size, **fidelity.describe_extractor(extractor)}
     out: dict[str, Any] = {}
     metrics = set(cfg.sample_metrics)
     if "fid" in metrics:
@@ -271,11 +275,11 @@ def _sample_metrics(samples: torch.Tensor, datamodule: Any, cfg: EvalConfig, ext
         if len(floor_imgs) >= 2:
             floor_feats, _ = fidelity.reference_features(
                 floor_imgs, dataset=datamodule.dataset, split="train", start=a, extractor=extractor,
-                num_levels=num_levels, batch_size=FEATURE_BATCH_SIZE, cache_dir=cache_dir, progress=progress)
+                num_levels=num_levels, batch_size=cfg.feature_batch_size, cache_dir=cache_dir, progress=progress)
             floor_kid = cfg.kid_subset(min(len(floor_imgs), len(ref)))
+            floor_kid_mean, floor_kid_std = fidelity.kid_from_features(floor_feats, ref_feats, floor_kid)
             out[N.FID_FLOOR] = {"value": fidelity.fid_from_features(floor_feats, ref_feats), "n": len(floor_imgs),
-                                "kid": fidelity.kid_from_features(floor_feats, ref_feats, floor_kid)[0],
-                                "kid_subset_size": floor_kid,
+                                "kid": floor_kid_mean, "kid_std": floor_kid_std, "kid_subset_size": floor_kid,
                                 "protocol": f"train subset vs {cfg.reference_split}",
                                 "train_range": [a, a + len(floor_imgs)], **common}
         else:

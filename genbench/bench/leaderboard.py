@@ -85,6 +85,30 @@ def _fmt_time(s: float | None) -> str:
     return f"{s / 60:.1f} min" if s < 3600 else f"{s / 3600:.1f} h"
 
 
+def bpd_kind(m: dict[str, Any]) -> str:
+    """``bound`` or ``exact`` for a bits/dim entry. A record written before flows on images were labelled
+    says ``exact`` beside a uniform ``dequantization``: that number is a bound on the discrete data too."""
+    kind = str(m.get("kind", "?"))
+    return "bound" if kind == "exact" and "dequantization" in m else kind
+
+
+def _bpd_estimator(m: dict[str, Any]) -> str:
+    if "dequantization" in m:
+        draws = m.get("draws", 1)
+        return f"uniform dequantization, {draws} draw{'s' if draws != 1 else ''}"
+    est = m.get("estimator")
+    k = m.get("K", m.get("k"))
+    return f"{est}, K={k}" if est and k else str(est or "")
+
+
+def _bpd_detail(m: dict[str, Any]) -> str:
+    """What follows a bits/dim value: its standard error over the n test images, n, and what it bounds."""
+    se, n = m.get("stderr"), m.get("n")
+    se_text = f"se {se:.3f}, " if isinstance(se, (int, float)) else ""
+    est = _bpd_estimator(m)
+    return f" ({se_text}n={n}; {bpd_kind(m)}{': ' + est if est else ''})"
+
+
 def table_rows(records: list[ResultRecord]) -> list[dict[str, Any]]:
     """genbench's rows for one dataset x profile: one per model, aggregated over seeds."""
     by_model: dict[str, list[ResultRecord]] = defaultdict(list)
@@ -104,9 +128,7 @@ def table_rows(records: list[ResultRecord]) -> list[dict[str, Any]]:
             text = _fmt(mean, std, DIGITS[key])
             m = first.metrics.get(key, {})
             if key == "bpd" and mean is not None:
-                kind = m.get("kind", "?")
-                est = m.get("estimator")
-                text += f" ({kind}{', ' + str(est) if est else ''})"
+                text += _bpd_detail(m)
             if key == "fid" and mean is not None:
                 text += f" @{m.get('n')} vs {m.get('reference_split')}"
             if key == "class_coverage" and mean is not None:
@@ -159,7 +181,7 @@ def baseline_rows(dataset: str, records: list[ResultRecord]) -> list[dict[str, A
     if floors:
         f = floors[-1]
         rows.append({"source": "floor", "family": "real data", "model": f"real vs real ({f.get('protocol', '')})",
-                     "bpd": "—", "fid": f"{f['value']:.1f} @{f.get('n')}", "kid": _fmt((f.get('kid') or None), None, 4)
+                     "bpd": "—", "fid": f"{f['value']:.1f} @{f.get('n')}", "kid": _fmt(f["kid"], f.get("kid_std"), 4)
                      if isinstance(f.get("kid"), (int, float)) else "—", "precision": "—", "recall": "—",
                      "params": "—", "train_time": "—", "train_images_per_s": "—", "sample_images_per_s": "—",
                      "seeds": "—"})
@@ -222,7 +244,10 @@ def render_markdown(tables: list[dict[str, Any]]) -> str:
            "one seed). FID/KID are only comparable at equal n and reference split; *floor* is real-vs-real "
            "at the same n; *baseline* is an independent per-pixel categorical fitted on the training split; "
            "*published* rows are quoted from the papers (see the notes) under their own protocols. "
-           "Bits/dim are bounds where marked `bound`. **Bold** = best genbench value in the table.", ""]
+           "Bits/dim: upper bounds on the discrete NLL where marked `bound` (every model scored here; the "
+           "histogram baseline is exact), with the standard error over the n test images scored (se) and n; "
+           "the nats they come from are in the notes below each table. **Bold** = best genbench value in the "
+           "table.", ""]
     for t in tables:
         out += [f"## {t['dataset']} — profile `{t['profile']}`", "",
                 _markdown_table(t["ours"] + t["baselines"] + t["references"]), ""]
@@ -237,9 +262,9 @@ def render_markdown(tables: list[dict[str, Any]]) -> str:
         domain = _domain_note(t["records"])
         if domain:
             out += [domain, ""]
-        compute = _compute_note(t["records"])
-        if compute:
-            out += [compute, ""]
+        for note in (_likelihood_note(t["records"]), _provenance_note(t["records"]), _compute_note(t["records"])):
+            if note:
+                out += [note, ""]
     return "\n".join(out) + "\n"
 
 
@@ -265,6 +290,55 @@ def _compute_note(records: list[ResultRecord]) -> str:
         return ""
     return ("Compute (FLOPs counted by torch.utils.flop_counter: matmul/convolution/attention only, "
             "forward + backward of every player per training image): " + "; ".join(parts) + ".")
+
+
+def _latest(records: list[ResultRecord]) -> dict[str, ResultRecord]:
+    """The latest record of each model (the one whose descriptions the table's row shows)."""
+    return {r.model: r for r in sorted(records, key=lambda r: (r.model, r.created))}
+
+
+def _likelihood_note(records: list[ResultRecord]) -> str:
+    """Nats beside bits for every bits/dim entry, their subsets, and a warning when the subsets differ."""
+    parts, subsets = [], set()
+    for model, r in sorted(_latest(records).items()):
+        for key, m in sorted(r.metrics.items()):
+            if not (key == "bpd" or key.startswith("bpd_")) or not isinstance(m, dict):
+                continue
+            if not isinstance(m.get("value"), (int, float)):
+                continue
+            subsets.add(m.get("subset"))
+            name = model if key == "bpd" else f"{model} {key}"
+            k = m.get("K") if key != "bpd" else None
+            name += f" (K={k})" if k else ""
+            if isinstance(m.get("nll_nats"), (int, float)):
+                se = m.get("nll_nats_stderr")
+                nats = f"{m['nll_nats']:.1f}" + (f" ± {se:.1f}" if isinstance(se, (int, float)) else "")
+                parts.append(f"{name}: {nats} nats per image over D={m.get('num_dims')} = {m['value']:.3f} bits/dim "
+                             f"on {m.get('subset')}")
+            else:  # a record written before nats were stored beside bits
+                parts.append(f"{name}: {m['value']:.3f} bits/dim on {m.get('subset')} (nats not recorded)")
+    if not parts:
+        return ""
+    note = "Likelihoods (bits/dim = nats / (D ln 2)): " + "; ".join(parts) + "."
+    if len(subsets) > 1:
+        note += (" **The bits/dim rows are scored on different test subsets "
+                 f"({', '.join(sorted(str(s) for s in subsets))}): compare them only at equal n.**")
+    return note
+
+
+def _provenance_note(records: list[ResultRecord]) -> str:
+    """The commit (and config hash) that trained each row's weights, beside the one that evaluated them."""
+    parts = []
+    for model, r in sorted(_latest(records).items()):
+        trained = r.train.get("trained_at_commit")
+        evaluated = ((r.environment.get("git") or {}).get("sha") or "?")[:12]
+        if trained:
+            dirty = " (modified)" if r.train.get("trained_at_dirty") else ""
+            parts.append(f"{model} trained at {trained[:12]}{dirty}, config sha256 "
+                         f"{str(r.train.get('config_sha256'))[:12]}…, evaluated at {evaluated}")
+        else:
+            parts.append(f"{model} trained at: not recorded, evaluated at {evaluated}")
+    return "Weights: " + "; ".join(parts) + "." if parts else ""
 
 
 def _domain_note(records: list[ResultRecord]) -> str:
@@ -380,7 +454,8 @@ def render_html(tables: list[dict[str, Any]], results_dir: Path) -> str:
              "tr.floor,tr.baseline{background:#f4f4f4}.grids img{width:220px;margin:4px}</style></head><body>",
              "<h1>genbench leaderboard</h1><p>From <code>benchmarks/results/*.json</code>. genbench rows: mean ± std "
              "over seeds (latest record for one seed). FID/KID comparable only at equal n and reference split. "
-             "Published rows are quoted under their papers' protocols.</p>"]
+             "Published rows are quoted under their papers' protocols. Bits/dim: upper bounds on the discrete NLL "
+             "where marked bound, with the standard error over the n test images scored (se) and n.</p>"]
     for t in tables:
         parts.append(f"<h2>{html.escape(t['dataset'])} — profile {html.escape(t['profile'])}</h2><table><tr>")
         parts.append("".join(f"<th>{html.escape(HEADERS[c])}</th>" for c in COLUMNS) + "</tr>")
@@ -388,9 +463,10 @@ def render_html(tables: list[dict[str, Any]], results_dir: Path) -> str:
             title = f" title='{html.escape(r['_note'], quote=True)}'" if "_note" in r else ""
             parts.append(f"<tr class='{r['source']}'{title}>" + "".join(f"<td>{cell(r.get(c, '—'))}</td>" for c in COLUMNS) + "</tr>")
         parts.append("</table>")
-        for note in (_domain_note(t["records"]), _compute_note(t["records"])):
+        for note in (_domain_note(t["records"]), _likelihood_note(t["records"]), _provenance_note(t["records"]),
+                     _compute_note(t["records"])):
             if note:
-                parts.append(f"<p><small>{html.escape(note)}</small></p>")
+                parts.append(f"<p><small>{html.escape(note.replace('**', ''))}</small></p>")
         for caption, b64 in _plots(t):
             parts.append(f"<figure><img src='data:image/png;base64,{b64}'><figcaption>{html.escape(caption)}</figcaption></figure>")
         grids = []

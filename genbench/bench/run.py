@@ -1,7 +1,8 @@
 """``python -m genbench bench``: fit -> evaluate -> result record -> leaderboard, for one model.
 
 Configs compose as ``configs/trainer/default.yaml``, ``configs/data/<data>.yaml``,
-``configs/model/<model>.yaml`` and ``configs/profile/<profile>/<model>.yaml``; anything after ``--`` is passed
+``configs/model/<model>.yaml``, ``configs/profile/<profile>/<model>.yaml`` and the profile's shared
+``configs/profile/<profile>/evaluation.yaml``; anything after ``--`` is passed
 to the LightningCLI parser (e.g. ``-- --trainer.max_steps 100``). Each run lives in
 ``runs/<data>/<profile>/<model>/seed<seed>/`` (checkpoints, resolved config, sample grids, W&B files);
 rerunning the same command resumes from its last checkpoint. The model evaluated is the last one trained:
@@ -60,6 +61,7 @@ def config_files(configs_dir: Path, model: str, data: str, profile: str) -> list
         raise BenchError(f"unknown PROFILE {profile!r} for MODEL {model!r}; valid: {', '.join(valid_profiles)}")
     files = [configs_dir / "trainer" / "default.yaml", configs_dir / "data" / f"{data}.yaml",
              configs_dir / "model" / f"{model}.yaml", configs_dir / "profile" / profile / f"{model}.yaml"]
+    files += shared_profile_files(configs_dir, profile)
     for f in files:
         if not f.is_file():
             raise BenchError(f"missing config file {f}")
@@ -68,6 +70,13 @@ def config_files(configs_dir: Path, model: str, data: str, profile: str) -> list
         except yaml.YAMLError as err:
             raise BenchError(f"malformed YAML in {f}: {err}") from err
     return files
+
+
+def shared_profile_files(configs_dir: Path, profile: str) -> list[Path]:
+    """``configs/profile/<profile>/evaluation.yaml`` when it exists: the protocol every model of the profile
+    shares (the likelihood subset), composed last so that no model's own file can give it other images."""
+    shared = configs_dir / "profile" / profile / "evaluation.yaml"
+    return [shared] if shared.is_file() else []
 
 
 def wandb_key_configured() -> bool:
@@ -195,7 +204,7 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
     from lightning.pytorch.loggers import CSVLogger
 
     from genbench.bench.budget import STOPPED_BY_BUDGET, TrainingBudget, sampling_cost
-    from genbench.bench.callbacks import FiniteLossGuard, SampleGrid, TrainThroughput
+    from genbench.bench.callbacks import FiniteLossGuard, SampleGrid, TrainingProvenance, TrainThroughput
     from genbench.bench.checkpointing import AtomicCheckpointIO, parse_checkpoint_every
     from genbench.bench.curve import QualityCurve
     from genbench.bench.evaluate import evaluate
@@ -242,9 +251,11 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
     cli_args += extra
 
     throughput = TrainThroughput()
+    provenance = TrainingProvenance()
     callbacks = [
         FiniteLossGuard(ckpt_dir),
         throughput,
+        provenance,
         ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, **cadence),
         SampleGrid(run_dir / "samples"),
     ]
@@ -257,6 +268,7 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
     resolved = yaml.safe_load(cli.parser.dump(cli.config, skip_none=False))
     resolved = redact(resolved)
+    provenance.set_config(resolved)
     if trainer.is_global_zero:
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
     eval_cfg = EvalConfig(**resolved.get("evaluation", {}))
@@ -276,6 +288,7 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
         state = load_checkpoint(args.checkpoint)
         model.load_state_dict(state["state_dict"])
         restore_callback_states(state, (budget, curve, throughput))  # the training it records
+        provenance.load_from(state)  # the commit and config that trained these weights
         ckpt_path = str(args.checkpoint)
         trainer.validate(model, datamodule=dm, verbose=False)
     else:
@@ -321,6 +334,7 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
         data=dm.describe(), model_info=model.describe(), environment=environment(), config=resolved,
         artifacts={"sample_grid": os.path.relpath(grid_path, args.results_dir), "run_dir": str(run_dir)},
     )
+    record.train.update(provenance.record_fields())
     path = write_record(record, args.results_dir)
     print(f"genbench: wrote {path}")
     if logger:

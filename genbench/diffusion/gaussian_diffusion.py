@@ -368,8 +368,10 @@ class GaussianDiffusion(nn.Module):
           1..T-1, independently per example;
         * ``stratified``: 1..T-1 cut into K contiguous strata with log-spaced edges (:func:`log_strata`), one
           uniform step per stratum, each term weighted by its stratum's size. The terms fall steeply with t,
-          so log-spaced strata make the small-t terms (nearly) exact: for Gaussian data with the optimal
-          predictor its standard deviation per example is ~16x below ``sampled`` at K = 16.
+          so log-spaced strata make the small-t terms (nearly) exact. Measured on MNIST at K = 16 (DDPMs
+          of the smoke and quick architectures trained 500 steps, 64 test images x 16 repeats;
+          ``benchmarks/ddpm_estimator_variance.md``): its per-image standard deviation is 30-34x below
+          that of ``sampled``.
 
         L_T and L_0 are always computed (L_0 with one x_1 draw). Both sampled estimators are unbiased for the
         exact one; their Monte Carlo noise is per example, so a standard error over examples covers it.

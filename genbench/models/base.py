@@ -4,8 +4,9 @@ The evaluation harness only ever calls what is defined here, so it never branche
 
 * ``sample(n, generator=None)`` returns ``torch.uint8`` images ``[n, C, H, W]`` on the dataset's pixel grid
   (continuous datasets such as ``toy2d`` return float32 points ``[n, 2]``);
-* ``log_likelihood(x)`` returns float64 log-likelihoods in nats per example of the *discrete* data: exact
-  for flows, a lower bound for the VAE and DDPM (``likelihood_kind`` says which), and for GANs it raises
+* ``log_likelihood(x)`` returns float64 log-likelihoods in nats per example of the *discrete* data: a lower
+  bound for the VAE, the DDPM and a dequantized flow (exact only for a flow on continuous points;
+  ``likelihood_kind`` says which), and for GANs it raises
   :class:`LikelihoodUnavailable` because the model defines no density;
 * ``family``, ``likelihood_kind`` and :meth:`describe` give the metadata the result record stores.
 
@@ -24,7 +25,7 @@ import torch
 
 from genbench.data.transforms import check_images
 
-LIKELIHOOD_EXACT = "exact"  # the model's own exact discrete log-likelihood (up to dequantization: see record)
+LIKELIHOOD_EXACT = "exact"  # the model's own exact log-likelihood of the data it is scored on
 LIKELIHOOD_BOUND = "bound"  # a variational / importance-weighted lower bound on log-likelihood
 LIKELIHOOD_NONE = "none"  # no density (GAN)
 
@@ -74,6 +75,10 @@ class GenerativeModel(L.LightningModule, abc.ABC):
         ``{"elbo": ...}`` beside its importance-weighted bound). The harness scores them on the same images
         and records them as ``bpd_<name>``.
         """
+        return {}
+
+    def likelihood_variant_info(self, name: str) -> dict[str, Any]:
+        """What the variant ``name`` of :meth:`likelihood_variants` computes (estimator, K...), for the record."""
         return {}
 
     def set_sampling_steps(self, steps: int) -> None:
