@@ -250,6 +250,8 @@ def test_provider_converts_fid_helper_once_then_uses_cache(isolated_provider, mo
 
     monkeypatch.setattr(inception, "find_fid_helper_torchscript", lambda: tmp / "default_1.pt")
     monkeypatch.setattr(inception, "convert_fid_helper", fake_convert)
+    # the fake conversion's content hash stands in for the pinned one of the real conversion
+    monkeypatch.setattr(inception, "CONVERTED_SHA256", inception.content_sha256({"a.weight": torch.full((2, 2), 5.0)}))
     first = inception.resolve_weights()
     second = inception.resolve_weights()
     assert first.source == second.source == inception.SOURCE_CONVERTED
