@@ -82,7 +82,7 @@ def wandb_key_configured() -> bool:
         return False
 
 
-def make_logger(run_id: str, run_dir: Path, group: str, tags: list[str], enabled: bool):
+def make_logger(run_id: str, run_dir: Path, group: str, tags: list[str], enabled: bool, fresh: bool = False):
     """A WandbLogger (project ``genbench``): offline when no API key is configured, resumable by run dir."""
     if not enabled or os.environ.get("WANDB_MODE") == "disabled":
         return False
@@ -91,11 +91,12 @@ def make_logger(run_id: str, run_dir: Path, group: str, tags: list[str], enabled
     from lightning.pytorch.loggers import WandbLogger
 
     id_file = run_dir / "wandb_id.txt"
-    if id_file.is_file():
+    if id_file.is_file() and not fresh:
         wandb_id = id_file.read_text().strip()
     else:
         wandb_id = f"{run_id}-{int(time.time())}"
-        atomic_write_text(id_file, wandb_id + "\n")
+        if not fresh:  # --fresh writes it once the config is validated and the old run deleted
+            atomic_write_text(id_file, wandb_id + "\n")
     return WandbLogger(project=os.environ.get("WANDB_PROJECT", "genbench"), name=run_id, id=wandb_id, resume="allow",
                        group=group, tags=tags, save_dir=str(run_dir), log_model=False)
 
@@ -182,10 +183,17 @@ def _launch_rank() -> int:
 
 def run(args: argparse.Namespace, extra: list[str]) -> Path | None:
     """Run one benchmark; returns the record path on rank 0 (None on other ranks)."""
+    from genbench.bench import guards
+
+    guards.check_seed(args.seed)
+    guards.check_fresh_flags(args.fresh, args.checkpoint)
     run_dir = args.runs_dir / args.data / args.profile / args.model / f"seed{args.seed}"
     if _launch_rank() != 0:
         return _run(args, extra)
     config_files(args.configs_dir, args.model, args.data, args.profile)  # bad names fail before any directory is made
+    guards.check_extra_configs(extra)
+    if not args.no_leaderboard and args.checkpoint is None:
+        guards.check_leaderboard_writable(args.results_dir)
     with RunLock(run_dir):
         return _run(args, extra)
 
@@ -194,6 +202,7 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
+    from genbench.bench import guards
     from genbench.bench.callbacks import FiniteLossGuard, SampleGrid, TrainThroughput
     from genbench.bench.checkpointing import AtomicCheckpointIO, parse_checkpoint_every
     from genbench.bench.evaluate import evaluate
@@ -209,15 +218,14 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
     family = registry.model_class(args.model).family
     run_id = f"{args.data}-{args.profile}-{args.model}-seed{args.seed}"
     run_dir = args.runs_dir / args.data / args.profile / args.model / f"seed{args.seed}"
+    results_dir = args.results_dir
+    eval_state = None
+    if args.checkpoint is not None:  # eval-only: its own id and directories, never the trained run's
+        eval_state = guards.load_checkpoint_checked(args.checkpoint, resuming=False)
+        run_id, run_dir, results_dir = guards.eval_identity(run_id, run_dir, results_dir, args.checkpoint)
     ckpt_dir = run_dir / "checkpoints"
     last_ckpt = ckpt_dir / "last.ckpt"
-    if args.fresh and ckpt_dir.exists() and _launch_rank() == 0:
-        import shutil
-
-        for sub in (ckpt_dir, run_dir / "csv", run_dir / "samples"):
-            shutil.rmtree(sub, ignore_errors=True)
-        (run_dir / "wandb_id.txt").unlink(missing_ok=True)
-    for what, d in (("results", args.results_dir), ("runs", run_dir)):
+    for what, d in (("results", results_dir), ("runs", run_dir)):
         try:
             d.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -247,7 +255,8 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
         SampleGrid(run_dir / "samples"),
     ]
     logger = make_logger(run_id, run_dir, group=f"{args.data}-{args.profile}",
-                         tags=[family, args.model, args.data, args.profile], enabled=not args.no_wandb)
+                         tags=[family, args.model, args.data, args.profile], enabled=not args.no_wandb,
+                          fresh=args.fresh)
     csv_logger = CSVLogger(save_dir=str(run_dir), name="csv")  # a new version per invocation: resumes append
     cli = make_cli(cli_args, run=False, save_config_callback=None,
                    trainer_defaults={"callbacks": callbacks, "logger": [lg for lg in (logger, csv_logger) if lg],
@@ -255,6 +264,14 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
     resolved = yaml.safe_load(cli.parser.dump(cli.config, skip_none=False))
     resolved = redact(resolved)
+    resume_state = None
+    if args.checkpoint is None and last_ckpt.is_file() and not args.fresh:
+        resume_state = guards.load_checkpoint_checked(last_ckpt, resuming=True)
+        guards.check_resume_config(run_dir / "config.yaml", resolved, run_id)
+    if args.fresh and trainer.is_global_zero:
+        guards.start_fresh(run_dir)  # last: the config and every name above are valid
+        if logger:
+            atomic_write_text(run_dir / "wandb_id.txt", f"{logger.version}\n")
     if trainer.is_global_zero:
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
     eval_cfg = EvalConfig(**resolved.get("evaluation", {}))
@@ -262,23 +279,19 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
         logger.log_hyperparams({"bench": {"model": args.model, "data": args.data, "profile": args.profile,
                                           "seed": args.seed}, **resolved})
 
+    guards.check_inception_weights(eval_cfg, dm)
     t0 = time.perf_counter()
     if args.checkpoint is not None:
         # Evaluate a given checkpoint without training: the validation loop starts the strategy (and, under
         # DDP, the other ranks), then every rank runs the distributed-aware evaluation.
-        state = load_checkpoint(args.checkpoint)
-        model.load_state_dict(state["state_dict"])
+        guards.load_weights(model, eval_state, args.checkpoint, args.model)
         ckpt_path = str(args.checkpoint)
         trainer.validate(model, datamodule=dm, verbose=False)
     else:
-        ckpt_path = str(last_ckpt) if last_ckpt.is_file() else None
-        if ckpt_path:
-            load_checkpoint(last_ckpt)  # a clear error for a corrupted or truncated file
-            if trainer.is_global_zero:
-                print(f"genbench: resuming {run_id} from {ckpt_path}")
-        trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
-        if trainer.interrupted:
-            raise BenchError(f"training of {run_id} was interrupted; rerun the same command to resume from {last_ckpt}")
+        ckpt_path = str(last_ckpt) if resume_state is not None else None
+        if ckpt_path and trainer.is_global_zero:
+            print(f"genbench: resuming {run_id} from {ckpt_path}")
+        guards.fit(trainer, model, dm, ckpt_path, run_id, last_ckpt)
         trainer.save_checkpoint(last_ckpt, weights_only=False)  # full state, so a rerun can resume
     fit_wall_s = time.perf_counter() - t0
 
@@ -290,7 +303,7 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
     if not trainer.is_global_zero:
         return None
 
-    grid_path = args.results_dir / "samples" / f"{run_id}.png"
+    grid_path = results_dir / "samples" / f"{run_id}.png"
     samples = model.sample(64, generator=torch.Generator().manual_seed(args.seed))
     save_sample_grid(samples, grid_path, title=run_id, levels=max(model.num_levels, 2))
     record = ResultRecord(
@@ -304,15 +317,15 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
                "curves": read_curves(run_dir / "csv")},
         evaluation={**eval_cfg.to_dict(), "wall_time_s": eval_wall_s},
         data=dm.describe(), model_info=model.describe(), environment=environment(), config=resolved,
-        artifacts={"sample_grid": os.path.relpath(grid_path, args.results_dir), "run_dir": str(run_dir)},
+        artifacts={"sample_grid": os.path.relpath(grid_path, results_dir), "run_dir": str(run_dir)},
     )
-    path = write_record(record, args.results_dir)
+    path = write_record(record, results_dir)
     print(f"genbench: wrote {path}")
     if logger:
         from genbench.bench.wandb_utils import log_final
 
         log_final(logger, record, grid_path)
-    if not args.no_leaderboard:
+    if not args.no_leaderboard and args.checkpoint is None:
         from genbench.bench.leaderboard import build
 
         outputs = build(args.results_dir, args.results_dir.parent)
@@ -361,11 +374,13 @@ def summary_line(record: ResultRecord) -> dict[str, Any]:
 def main(argv: list[str]) -> int:
     from genbench.bench.callbacks import NonFiniteLossError
     from genbench.data.sources import DataSourceError
+    from genbench.io import DiskFullError
+    from genbench.metrics.inception import InceptionWeightsError
 
     args, extra = parse_args(argv)
     try:
         run(args, extra)
-    except (BenchError, DataSourceError) as err:
+    except (BenchError, DataSourceError, InceptionWeightsError, DiskFullError) as err:
         print(f"genbench bench: {err}", file=sys.stderr)
         return 2
     except NonFiniteLossError as err:
