@@ -135,6 +135,17 @@ def test_nan_model_output_reaches_the_loss_instead_of_raising_in_torch_distribut
     assert out.shape == x.shape and torch.isnan(out).all()
 
 
+def test_ddpm_nan_divergence_exits_3_with_the_guard_message(tmp_path, one_thread):
+    out = bench(tmp_path, "--no-leaderboard", "--checkpoint-every", "2", "--", "--model.init_args.lr=1e6",
+                "--trainer.max_steps=6", *FAST_EVAL, model="ddpm")
+    assert out.returncode == 3, out.stderr[-2000:]
+    assert "non-finite training loss" in out.stderr and "--fresh" in out.stderr
+    assert not list((tmp_path / "results").glob("*.json"))
+    ckpt = tmp_path / "runs" / "mnist" / "smoke" / "ddpm" / "seed0" / "checkpoints" / "last.ckpt"
+    if ckpt.is_file():  # whatever was written before the divergence holds finite weights only
+        assert not guards.non_finite_keys(torch.load(ckpt, weights_only=True)["state_dict"])
+
+
 class _DivergesInModel(L.LightningModule):
     """Its first update makes the weights NaN; the next step then raises inside the model, as
     torch.distributions does with validated NaN arguments, before any loss reaches backward."""
@@ -316,6 +327,16 @@ def test_interrupted_fit_says_rerun_to_resume(tmp_path):
     last.write_bytes(b"x")
     with pytest.raises(BenchError, match=f"was interrupted; rerun the same command to resume from {last}"):
         guards.fit(CtrlC(), torch.nn.Linear(1, 1), None, None, "run", last)
+
+
+def test_too_few_batches_per_rank_for_the_validation_interval_is_a_clear_error(tmp_path):
+    dm = L.LightningDataModule.from_datasets(train_dataset=torch.utils.data.TensorDataset(torch.randn(16, 4)),
+                                             val_dataset=torch.utils.data.TensorDataset(torch.randn(4, 4)),
+                                             batch_size=4)
+    trainer = L.Trainer(accelerator="cpu", max_steps=4, val_check_interval=10, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    with pytest.raises(BenchError, match=r"too few training batches per process .*with 1 process.*fewer DEVICES"):
+        guards.fit(trainer, _DivergesInModel(), dm, None, "x", tmp_path / "last.ckpt")
 
 
 def test_files_are_created_with_the_umask_not_0600(tmp_path):

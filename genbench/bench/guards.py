@@ -245,6 +245,11 @@ def fit(trainer: Any, model: Any, datamodule: Any, ckpt_path: str | None, run_id
             raise BenchError(_interrupted(run_id, last_ckpt)) from None
         raise
     except Exception as err:
+        if isinstance(err, ValueError) and "val_check_interval" in str(err):
+            raise BenchError(
+                f"too few training batches per process for validation every trainer.val_check_interval steps "
+                f"with {trainer.world_size} process(es): {str(err).strip()} Use fewer DEVICES, a smaller "
+                "data.batch_size or a smaller -- --trainer.val_check_interval") from None
         bad = non_finite_parameters(model)
         if not bad:
             raise
