@@ -268,7 +268,7 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
     if args.checkpoint is None and last_ckpt.is_file() and not args.fresh:
         resume_state = guards.load_checkpoint_checked(last_ckpt, resuming=True)
         guards.check_resume_config(run_dir / "config.yaml", resolved, run_id)
-    if args.fresh and trainer.is_global_zero:
+    if args.fresh and _launch_rank() == 0:  # the launcher's rank: DDP children exist only once fit starts
         guards.start_fresh(run_dir)  # last: the config and every name above are valid
         if logger:
             atomic_write_text(run_dir / "wandb_id.txt", f"{logger.version}\n")
