@@ -89,7 +89,7 @@ def test_nan_checkpoint_is_refused_and_eval_only_never_replaces_the_trained_reco
     assert (trained.run_dir / f"eval-{sha8}" / "config.yaml").is_file()
 
 
-def test_checkpoint_of_another_model_is_a_clear_error(trained):
+def test_corrupt_input_checkpoint_of_another_model_is_a_clear_error(trained):
     state = torch.load(trained.ckpt, map_location="cpu", weights_only=True)
     model = torch.nn.Linear(2, 2)
     with pytest.raises(BenchError, match=r"does not fit MODEL gan .*another model or architecture"):
@@ -167,7 +167,7 @@ class _DivergesInModel(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def test_divergence_raised_inside_the_model_is_a_nan_error(tmp_path):
+def test_nan_divergence_raised_inside_the_model_is_a_nan_error(tmp_path):
     dm = L.LightningDataModule.from_datasets(train_dataset=torch.utils.data.TensorDataset(torch.randn(16, 4)),
                                              batch_size=4)
     trainer = L.Trainer(accelerator="cpu", max_steps=4, logger=False, enable_progress_bar=False,
@@ -209,7 +209,7 @@ def offline_weights(tmp_path, monkeypatch):
     return tmp_path / "cache" / "weights" / inception.CONVERTED_FILENAME
 
 
-def test_edited_converted_weights_without_sidecar_are_refused_by_the_pinned_hash(offline_weights):
+def test_edited_weights_cache_without_sidecar_is_refused_by_the_pinned_hash(offline_weights):
     _fake_weights(offline_weights, 5.0)  # an edited file whose sidecar was deleted
     assert not offline_weights.with_name(offline_weights.name + ".json").exists()
     with pytest.raises(inception.InceptionWeightsError, match="not the verified conversion.*pinned"):
@@ -228,7 +228,7 @@ def test_truncated_weights_cache_fails_the_bench_before_training(offline_weights
                                    SimpleNamespace(is_continuous=False))  # not requested: no error
 
 
-def test_evaluate_raises_rather_than_dropping_a_requested_metric(offline_weights):
+def test_unusable_weights_cache_fails_evaluate_rather_than_dropping_a_metric(offline_weights):
     from test_contract import smoke_model
 
     from genbench.bench.config import EvalConfig
@@ -243,7 +243,7 @@ def test_evaluate_raises_rather_than_dropping_a_requested_metric(offline_weights
         evaluate(model, dm, cfg, progress=False)
 
 
-def test_leaderboard_flags_fids_from_different_extractor_weights(tmp_path):
+def test_leaderboard_flags_fids_whose_cached_extractor_weights_differ(tmp_path):
     a, b = make_record(model="vae", family="vae"), make_record(model="gan", family="gan")
     a.metrics["fid"]["weights_sha256"], b.metrics["fid"]["weights_sha256"] = "1" * 64, "2" * 64
     rows = {r["model"]: r for r in leaderboard.table_rows([a, b])}
@@ -278,13 +278,13 @@ def test_corrupt_record_of_valid_json_is_skipped_by_the_leaderboard(tmp_path, co
 
 
 # ------------------------------------------------------------------------------- 8. clear messages
-def test_bad_seed_is_refused_before_any_directory(tmp_path, one_thread):
+def test_corrupt_input_bad_seed_is_refused_before_any_directory(tmp_path, one_thread):
     out = bench(tmp_path, "--seed", "-1")
     assert out.returncode == 2 and "SEED -1 is out of range" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "runs").exists()
 
 
-def test_yaml_error_in_an_extra_config_names_the_file(tmp_path):
+def test_corrupt_input_yaml_error_in_an_extra_config_names_the_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("trainer: [max_steps: 3\n")
     with pytest.raises(BenchError, match=f"malformed YAML in {bad}"):
@@ -294,7 +294,7 @@ def test_yaml_error_in_an_extra_config_names_the_file(tmp_path):
         guards.check_extra_configs([f"--config={bad}"])
 
 
-def test_unwritable_leaderboard_directory_fails_before_training(tmp_path, monkeypatch):
+def test_corrupt_input_unwritable_leaderboard_directory_fails_before_training(tmp_path, monkeypatch):
     out_dir = tmp_path / "bench"
     out_dir.mkdir()
     real_access = os.access
@@ -304,7 +304,7 @@ def test_unwritable_leaderboard_directory_fails_before_training(tmp_path, monkey
     guards.check_leaderboard_writable(tmp_path / "other" / "results")  # created later, below a writable dir
 
 
-def test_full_disk_names_the_path_and_the_space_and_keeps_the_old_file(tmp_path):
+def test_corrupt_input_full_disk_names_the_path_and_the_space_and_keeps_the_old_file(tmp_path):
     path = tmp_path / "r.json"
     atomic_write_text(path, "old")
 
@@ -329,7 +329,7 @@ def test_interrupted_fit_says_rerun_to_resume(tmp_path):
         guards.fit(CtrlC(), torch.nn.Linear(1, 1), None, None, "run", last)
 
 
-def test_too_few_batches_per_rank_for_the_validation_interval_is_a_clear_error(tmp_path):
+def test_corrupt_input_too_few_batches_per_rank_for_the_validation_interval(tmp_path):
     dm = L.LightningDataModule.from_datasets(train_dataset=torch.utils.data.TensorDataset(torch.randn(16, 4)),
                                              val_dataset=torch.utils.data.TensorDataset(torch.randn(4, 4)),
                                              batch_size=4)
@@ -339,7 +339,7 @@ def test_too_few_batches_per_rank_for_the_validation_interval_is_a_clear_error(t
         guards.fit(trainer, _DivergesInModel(), dm, None, "x", tmp_path / "last.ckpt")
 
 
-def test_files_are_created_with_the_umask_not_0600(tmp_path):
+def test_no_corrupt_permissions_files_are_created_with_the_umask_not_0600(tmp_path):
     old = os.umask(0o022)
     try:
         atomic_write_text(tmp_path / "r.json", json.dumps({}))

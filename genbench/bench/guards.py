@@ -219,10 +219,12 @@ def check_leaderboard_writable(results_dir: Path) -> None:
         existing = out  # it is created with the results directory: its nearest existing ancestor must be writable
         while not existing.exists() and existing != existing.parent:
             existing = existing.parent
-        ok = existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)
+        if not existing.is_dir():
+            return  # below a file: the results directory itself cannot be made, which its own check reports
+        ok = os.access(existing, os.W_OK | os.X_OK)
     if not ok:
         raise BenchError(f"the leaderboard directory {out} (the results directory's parent) is not writable; "
-                         "pass --no-leaderboard, or --results-dir DIR inside a writable directory")
+                         "pass --results-dir DIR inside a writable directory, or --no-leaderboard")
 
 
 def non_finite_parameters(model: torch.nn.Module) -> list[str]:
@@ -248,7 +250,7 @@ def fit(trainer: Any, model: Any, datamodule: Any, ckpt_path: str | None, run_id
         if isinstance(err, ValueError) and "val_check_interval" in str(err):
             raise BenchError(
                 f"too few training batches per process for validation every trainer.val_check_interval steps "
-                f"with {trainer.world_size} process(es): {str(err).strip()} Use fewer DEVICES, a smaller "
+                f"with {trainer.world_size} process(es): {str(err).strip().rstrip('.')}. Use fewer DEVICES, a smaller "
                 "data.batch_size or a smaller -- --trainer.val_check_interval") from None
         bad = non_finite_parameters(model)
         if not bad:

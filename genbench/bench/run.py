@@ -264,6 +264,8 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
     resolved = yaml.safe_load(cli.parser.dump(cli.config, skip_none=False))
     resolved = redact(resolved)
+    eval_cfg = EvalConfig(**resolved.get("evaluation", {}))
+    guards.check_inception_weights(eval_cfg, dm)
     resume_state = None
     if args.checkpoint is None and last_ckpt.is_file() and not args.fresh:
         resume_state = guards.load_checkpoint_checked(last_ckpt, resuming=True)
@@ -274,12 +276,10 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
             atomic_write_text(run_dir / "wandb_id.txt", f"{logger.version}\n")
     if trainer.is_global_zero:
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
-    eval_cfg = EvalConfig(**resolved.get("evaluation", {}))
     if logger:
         logger.log_hyperparams({"bench": {"model": args.model, "data": args.data, "profile": args.profile,
                                           "seed": args.seed}, **resolved})
 
-    guards.check_inception_weights(eval_cfg, dm)
     t0 = time.perf_counter()
     if args.checkpoint is not None:
         # Evaluate a given checkpoint without training: the validation loop starts the strategy (and, under
