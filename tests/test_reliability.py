@@ -104,6 +104,11 @@ def test_fresh_with_a_bad_override_deletes_nothing(trained, one_thread):
     assert trained.ckpt.read_bytes() == ckpt
     out = bench(trained.tmp, "--fresh", "--", "--config", str(trained.tmp / "missing.yaml"))
     assert out.returncode == 2 and "missing.yaml" in out.stderr and trained.ckpt.read_bytes() == ckpt
+    # a valid --fresh run does start over: the old checkpoint (step 20) is replaced by one of 4 new steps
+    out = bench(trained.tmp, "--fresh", "--no-leaderboard", "--", "--trainer.max_steps=4", *FAST_EVAL)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert torch.load(trained.ckpt, weights_only=True)["global_step"] == 4
+    assert json.loads(trained.record.read_text())["train"]["resumed_from"] is None
 
 
 # ------------------------------------------------------------------------------- 3. resume under another config

@@ -190,7 +190,7 @@ def check_resume_config(saved_config: Path, resolved: dict[str, Any], run_id: st
         raise BenchError(
             f"{run_id} has a checkpoint trained with another config, and resuming would silently keep the old "
             f"values while the record claimed the new ones. Differing keys: {listed}{more}. Pass --fresh to "
-            "retrain from scratch with the new config, or use another SEED or --runs-dir (and --results-dir) "
+            "retrain from scratch with the new config, or pass other --runs-dir and --results-dir directories "
             "to keep both runs.")
 
 
