@@ -362,7 +362,7 @@ def test_real_inception_fid_mnist_train_vs_test(inception_extractor, tmp_path):
     fid_real = fidelity.fid_from_features(ft, fs)
     fid_noise = fidelity.fid_from_features(fn, fs)
     kid_real, _ = fidelity.kid_from_features(ft, fs, subset_size=n)
-    # design.md section 6: train vs test FID@500 = 20.5 with these weights; FID grows as n shrinks
+    # measured: train vs test FID@500 = 20.5 with these weights; FID grows as n shrinks
     assert 10.0 < fid_real < 40.0
     assert fid_noise > 200.0
     assert abs(kid_real) < 0.01
