@@ -4,7 +4,9 @@ previous one."""
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,20 +19,53 @@ def cache_root() -> Path:
     return Path(os.environ.get("GENBENCH_CACHE", Path.home() / ".cache" / "genbench")).expanduser()
 
 
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, fsync it, then move it into place."""
+class DiskFullError(OSError):
+    """No space left for a file: the message names it and the space it needs."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _disk_full(path: Path, size: int | None) -> DiskFullError:
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    need = f"about {size / 1e6:.1f} MB" if size is not None else "more space"
+    have = f", {free / 1e6:.1f} MB free" if free is not None else ""
+    return DiskFullError(errno.ENOSPC, f"no space left on the device of {path}: writing it needs {need}{have}; "
+                                       "free some space there (the previous file, if any, is kept)")
+
+
+def atomic_write(path: Path, write: Callable[[str], None], size: int | None = None) -> None:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, fsync it, then move it into place.
+
+    The file gets the permissions of an ordinary new file (0666 less the umask): ``mkstemp``'s 0600 would
+    hide records and checkpoints from the other users of a shared results directory. ``size`` (bytes, when
+    known) goes into the message of a full disk.
+    """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise _disk_full(path, size) from err
         raise OSError(f"cannot write {path}: {err.strerror or err}; choose a writable directory") from err
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise _disk_full(path, size) from err
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -45,7 +80,7 @@ def atomic_write_text(path: Path, text: str) -> None:
         with open(tmp, "w") as f:
             f.write(text)
 
-    atomic_write(path, write)
+    atomic_write(path, write, size=len(text.encode()))
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -65,7 +100,7 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         with open(tmp, "wb") as f:
             f.write(buffer.getbuffer())
 
-    atomic_write(path, write)
+    atomic_write(path, write, size=buffer.getbuffer().nbytes)
 
 
 @contextmanager

@@ -115,8 +115,8 @@ def test_same_checkpoint_same_bpd_on_one_and_two_devices(bench_dir):
                "--evaluation.likelihood_subset=64", "--evaluation.likelihood_batch_size=16"]
         out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
         assert out.returncode == 0, out.stderr[-3000:]
-        (rec,) = load_records(out_dir / "results")
-        assert rec.train["world_size"] == int(devices)
+        (rec,) = load_records(out_dir / "results" / "eval")  # an eval-only record never joins the leaderboard's
+        assert rec.train["world_size"] == int(devices) and rec.run_id.startswith("mnist-smoke-vae-seed0-eval-")
         # evaluated with other settings: the record names the config that trained the weights, from the checkpoint
         trained = {r.model: r for r in load_records(bench_dir / "results")}["vae"]
         assert rec.train["config_sha256"] == trained.train["config_sha256"]

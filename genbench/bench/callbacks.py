@@ -88,15 +88,28 @@ class FiniteLossGuard(L.Callback):
         if self.checkpoint_dir is None:
             return ""
         last = Path(self.checkpoint_dir) / "last.ckpt"
-        return f"; the last good checkpoint is {last}" if last.is_file() else "; no checkpoint was written yet"
+        if not last.is_file():
+            return "; no checkpoint was written yet"
+        try:
+            state = torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
+            good = all(torch.isfinite(v).all() for v in state.values() if torch.is_tensor(v) and v.is_floating_point())
+        except Exception:  # noqa: BLE001 - an unreadable file is not a good checkpoint either
+            good = False
+        if good:
+            return f"; the last good checkpoint is {last}"
+        return f"; the checkpoint on disk, {last}, is not usable either (non-finite or unreadable weights)"
+
+    # Rerunning unchanged repeats the same steps and diverges again; a resume under another learning rate
+    # is refused (the record would claim it for the whole run), so the advice is a fresh run.
+    ADVICE = ("Rerunning unchanged repeats the same steps: lower the learning rate or enable "
+              "gradient clipping (e.g. -- --trainer.gradient_clip_val=1.0) and pass --fresh to retrain.")
 
     def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
         if torch.isfinite(loss.detach()).all():
             return
         raise NonFiniteLossError(
             f"non-finite training loss ({loss.detach().float().flatten()[0].item()}) at step {trainer.global_step} "
-            f"(epoch {trainer.current_epoch}){self._where()}. Lower the learning rate or enable gradient clipping "
-            "and rerun the same command to resume from that checkpoint."
+            f"(epoch {trainer.current_epoch}){self._where()}. {self.ADVICE}"
         )
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
@@ -106,8 +119,7 @@ class FiniteLossGuard(L.Callback):
             raise NonFiniteLossError(
                 f"non-finite weights after step {trainer.global_step} (epoch {trainer.current_epoch}) in "
                 f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}: the checkpoint was not written"
-                f"{self._where()}. Lower the learning rate or enable gradient clipping and rerun the same "
-                "command to resume from that checkpoint."
+                f"{self._where()}. {self.ADVICE}"
             )
 
 

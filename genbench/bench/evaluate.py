@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +42,6 @@ from tqdm.auto import tqdm
 from genbench.bench.config import EvalConfig
 from genbench.metrics import fidelity
 from genbench.metrics import names as N
-from genbench.metrics.inception import InceptionWeightsError
 from genbench.metrics.likelihood import bpd, mean_and_stderr
 from genbench.metrics.memorization import memorization_report
 from genbench.models.base import LikelihoodUnavailable
@@ -368,17 +366,10 @@ def evaluate(
             if images and n_quality > 0 and "domain" in cfg.sample_metrics:
                 result.update(_domain_metrics(samples[:n_quality], datamodule, cfg, cache_dir))
             if images and n_quality > 0 and inception_metrics:
-                try:
-                    extractor = feature_extractor or fidelity.InceptionExtractor(inception_weights,
-                                                                                 device=model.device)
-                except InceptionWeightsError as e:
-                    warnings.warn(f"sample-quality metrics skipped: {e}", stacklevel=2)
-                    extractor = None
-                    for key in (N.FID, N.KID, N.PRECISION, N.RECALL, N.INCEPTION_SCORE, N.FID_FLOOR):
-                        result[key] = _unavailable(str(e))
-                if extractor is not None:
-                    result.update(_sample_metrics(samples[:n_quality], datamodule, cfg, extractor,
-                                                  model.num_levels, progress, cache_dir))
+                # A requested metric that cannot be computed is an error, never a record without it.
+                extractor = feature_extractor or fidelity.InceptionExtractor(inception_weights, device=model.device)
+                result.update(_sample_metrics(samples[:n_quality], datamodule, cfg, extractor,
+                                              model.num_levels, progress, cache_dir))
             elif not images:
                 from genbench.data.toy2d import make_toy2d
                 from genbench.metrics.modes import mode_coverage

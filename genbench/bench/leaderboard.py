@@ -109,8 +109,22 @@ def _bpd_detail(m: dict[str, Any]) -> str:
     return f" ({se_text}n={n}; {bpd_kind(m)}{': ' + est if est else ''})"
 
 
+def extractor_flags(records: list[ResultRecord]) -> dict[str, str]:
+    """Model -> a warning for the FID cell, when the table's FIDs come from Inception weights of different
+    content sha256 (such FIDs are not comparable); empty when they all agree."""
+    shas: dict[str, set[str]] = defaultdict(set)
+    for r in records:
+        m = r.metrics.get("fid")
+        if isinstance(m, dict) and m.get("value") is not None:
+            shas[r.model].add(str(m.get("weights_sha256")))
+    if len(set().union(*shas.values()) if shas else set()) <= 1:
+        return {}
+    return {model: " ⚠ extractor " + "/".join(sorted(s[:8] for s in found)) for model, found in shas.items()}
+
+
 def table_rows(records: list[ResultRecord]) -> list[dict[str, Any]]:
     """genbench's rows for one dataset x profile: one per model, aggregated over seeds."""
+    flags = extractor_flags(records)
     by_model: dict[str, list[ResultRecord]] = defaultdict(list)
     for r in records:
         by_model[r.model].append(r)
@@ -130,7 +144,7 @@ def table_rows(records: list[ResultRecord]) -> list[dict[str, Any]]:
             if key == "bpd" and mean is not None:
                 text += _bpd_detail(m)
             if key == "fid" and mean is not None:
-                text += f" @{m.get('n')} vs {m.get('reference_split')}"
+                text += f" @{m.get('n')} vs {m.get('reference_split')}" + flags.get(model, "")
             if key == "class_coverage" and mean is not None:
                 text += f" ({m.get('classes_covered')}/{m.get('num_classes')} classes)"
             if key == "bpd" and m.get("available") is False:

@@ -92,8 +92,11 @@ def load_records(results_dir: Path) -> list[ResultRecord]:
     records = []
     for p in sorted(Path(results_dir).glob("*.json")):
         try:
-            records.append(ResultRecord.from_dict(json.loads(p.read_text())))
-        except (ValueError, TypeError, json.JSONDecodeError) as err:
+            d = json.loads(p.read_text())
+            if not isinstance(d, dict):
+                raise ValueError(f"a result record is a JSON object, not a {type(d).__name__}")
+            records.append(ResultRecord.from_dict(d))
+        except (OSError, ValueError, TypeError, json.JSONDecodeError) as err:
             print(f"genbench: skipping unreadable result record {p}: {err}")
     return records
 

@@ -91,7 +91,7 @@ def wandb_key_configured() -> bool:
         return False
 
 
-def make_logger(run_id: str, run_dir: Path, group: str, tags: list[str], enabled: bool):
+def make_logger(run_id: str, run_dir: Path, group: str, tags: list[str], enabled: bool, fresh: bool = False):
     """A WandbLogger (project ``genbench``): offline when no API key is configured, resumable by run dir."""
     if not enabled or os.environ.get("WANDB_MODE") == "disabled":
         return False
@@ -100,11 +100,12 @@ def make_logger(run_id: str, run_dir: Path, group: str, tags: list[str], enabled
     from lightning.pytorch.loggers import WandbLogger
 
     id_file = run_dir / "wandb_id.txt"
-    if id_file.is_file():
+    if id_file.is_file() and not fresh:
         wandb_id = id_file.read_text().strip()
     else:
         wandb_id = f"{run_id}-{int(time.time())}"
-        atomic_write_text(id_file, wandb_id + "\n")
+        if not fresh:  # --fresh writes it once the config is validated and the old run deleted
+            atomic_write_text(id_file, wandb_id + "\n")
     return WandbLogger(project=os.environ.get("WANDB_PROJECT", "genbench"), name=run_id, id=wandb_id, resume="allow",
                        group=group, tags=tags, save_dir=str(run_dir), log_model=False)
 
@@ -191,10 +192,17 @@ def _launch_rank() -> int:
 
 def run(args: argparse.Namespace, extra: list[str]) -> Path | None:
     """Run one benchmark; returns the record path on rank 0 (None on other ranks)."""
+    from genbench.bench import guards
+
+    guards.check_seed(args.seed)
+    guards.check_fresh_flags(args.fresh, args.checkpoint)
     run_dir = args.runs_dir / args.data / args.profile / args.model / f"seed{args.seed}"
     if _launch_rank() != 0:
         return _run(args, extra)
     config_files(args.configs_dir, args.model, args.data, args.profile)  # bad names fail before any directory is made
+    guards.check_extra_configs(extra)
+    if not args.no_leaderboard and args.checkpoint is None:
+        guards.check_leaderboard_writable(args.results_dir)
     with RunLock(run_dir):
         return _run(args, extra)
 
@@ -203,6 +211,7 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
+    from genbench.bench import guards
     from genbench.bench.budget import STOPPED_BY_BUDGET, TrainingBudget, sampling_cost
     from genbench.bench.callbacks import FiniteLossGuard, SampleGrid, TrainingProvenance, TrainThroughput
     from genbench.bench.checkpointing import AtomicCheckpointIO, parse_checkpoint_every
@@ -220,15 +229,14 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
     family = registry.model_class(args.model).family
     run_id = f"{args.data}-{args.profile}-{args.model}-seed{args.seed}"
     run_dir = args.runs_dir / args.data / args.profile / args.model / f"seed{args.seed}"
+    results_dir = args.results_dir
+    eval_state = None
+    if args.checkpoint is not None:  # eval-only: its own id and directories, never the trained run's
+        eval_state = guards.load_checkpoint_checked(args.checkpoint, resuming=False)
+        run_id, run_dir, results_dir = guards.eval_identity(run_id, run_dir, results_dir, args.checkpoint)
     ckpt_dir = run_dir / "checkpoints"
     last_ckpt = ckpt_dir / "last.ckpt"
-    if args.fresh and ckpt_dir.exists() and _launch_rank() == 0:
-        import shutil
-
-        for sub in (ckpt_dir, run_dir / "csv", run_dir / "samples"):
-            shutil.rmtree(sub, ignore_errors=True)
-        (run_dir / "wandb_id.txt").unlink(missing_ok=True)
-    for what, d in (("results", args.results_dir), ("runs", run_dir)):
+    for what, d in (("results", results_dir), ("runs", run_dir)):
         try:
             d.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -260,7 +268,8 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
         SampleGrid(run_dir / "samples"),
     ]
     logger = make_logger(run_id, run_dir, group=f"{args.data}-{args.profile}",
-                         tags=[family, args.model, args.data, args.profile], enabled=not args.no_wandb)
+                         tags=[family, args.model, args.data, args.profile], enabled=not args.no_wandb,
+                          fresh=args.fresh)
     csv_logger = CSVLogger(save_dir=str(run_dir), name="csv")  # a new version per invocation: resumes append
     cli = make_cli(cli_args, run=False, save_config_callback=None,
                    trainer_defaults={"callbacks": callbacks, "logger": [lg for lg in (logger, csv_logger) if lg],
@@ -269,9 +278,18 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
     resolved = yaml.safe_load(cli.parser.dump(cli.config, skip_none=False))
     resolved = redact(resolved)
     provenance.set_config(resolved)
+    eval_cfg = EvalConfig(**resolved.get("evaluation", {}))
+    guards.check_inception_weights(eval_cfg, dm)
+    resume_state = None
+    if args.checkpoint is None and last_ckpt.is_file() and not args.fresh:
+        resume_state = guards.load_checkpoint_checked(last_ckpt, resuming=True)
+        guards.check_resume_config(run_dir / "config.yaml", resolved, run_id)
+    if args.fresh and _launch_rank() == 0:  # the launcher's rank: DDP children exist only once fit starts
+        guards.start_fresh(run_dir)  # last: the config and every name above are valid
+        if logger:
+            atomic_write_text(run_dir / "wandb_id.txt", f"{logger.version}\n")
     if trainer.is_global_zero:
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
-    eval_cfg = EvalConfig(**resolved.get("evaluation", {}))
     budget = next(cb for cb in trainer.callbacks if isinstance(cb, TrainingBudget))
     curve = QualityCurve(eval_cfg, dm, budget)
     # before the checkpoint callbacks, so that a checkpoint taken at a curve point holds that point
@@ -285,21 +303,16 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
     if args.checkpoint is not None:
         # Evaluate a given checkpoint without training: the validation loop starts the strategy (and, under
         # DDP, the other ranks), then every rank runs the distributed-aware evaluation.
-        state = load_checkpoint(args.checkpoint)
-        model.load_state_dict(state["state_dict"])
-        restore_callback_states(state, (budget, curve, throughput))  # the training it records
-        provenance.load_from(state)  # the commit and config that trained these weights
+        guards.load_weights(model, eval_state, args.checkpoint, args.model)
+        restore_callback_states(eval_state, (budget, curve, throughput))  # the training it records
+        provenance.load_from(eval_state)  # the commit and config that trained these weights
         ckpt_path = str(args.checkpoint)
         trainer.validate(model, datamodule=dm, verbose=False)
     else:
-        ckpt_path = str(last_ckpt) if last_ckpt.is_file() else None
-        if ckpt_path:
-            load_checkpoint(last_ckpt)  # a clear error for a corrupted or truncated file
-            if trainer.is_global_zero:
-                print(f"genbench: resuming {run_id} from {ckpt_path}")
-        trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
-        if trainer.interrupted:
-            raise BenchError(f"training of {run_id} was interrupted; rerun the same command to resume from {last_ckpt}")
+        ckpt_path = str(last_ckpt) if resume_state is not None else None
+        if ckpt_path and trainer.is_global_zero:
+            print(f"genbench: resuming {run_id} from {ckpt_path}")
+        guards.fit(trainer, model, dm, ckpt_path, run_id, last_ckpt)
         trainer.save_checkpoint(last_ckpt, weights_only=False)  # full state, so a rerun can resume
     fit_wall_s = time.perf_counter() - t0
 
@@ -312,11 +325,11 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
         return None
 
     if args.checkpoint is not None:
-        steps = int(state.get("global_step", 0))
+        steps = int(eval_state.get("global_step", 0))
         stopped_by = STOPPED_BY_BUDGET if budget.spent else "unknown (evaluated from a checkpoint)"
     else:
         steps, stopped_by = int(trainer.global_step), budget.stopped_by(trainer)
-    grid_path = args.results_dir / "samples" / f"{run_id}.png"
+    grid_path = results_dir / "samples" / f"{run_id}.png"
     samples = model.sample(64, generator=torch.Generator().manual_seed(args.seed))
     save_sample_grid(samples, grid_path, title=run_id, levels=max(model.num_levels, 2))
     record = ResultRecord(
@@ -332,16 +345,16 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
         compute={"training": budget.summary(steps, stopped_by), "sampling": sampling_cost(model)},
         evaluation={**eval_cfg.to_dict(), "wall_time_s": eval_wall_s},
         data=dm.describe(), model_info=model.describe(), environment=environment(), config=resolved,
-        artifacts={"sample_grid": os.path.relpath(grid_path, args.results_dir), "run_dir": str(run_dir)},
+        artifacts={"sample_grid": os.path.relpath(grid_path, results_dir), "run_dir": str(run_dir)},
     )
     record.train.update(provenance.record_fields())
-    path = write_record(record, args.results_dir)
+    path = write_record(record, results_dir)
     print(f"genbench: wrote {path}")
     if logger:
         from genbench.bench.wandb_utils import log_final
 
         log_final(logger, record, grid_path)
-    if not args.no_leaderboard:
+    if not args.no_leaderboard and args.checkpoint is None:
         from genbench.bench.leaderboard import build
 
         outputs = build(args.results_dir, args.results_dir.parent)
@@ -398,11 +411,13 @@ def summary_line(record: ResultRecord) -> dict[str, Any]:
 def main(argv: list[str]) -> int:
     from genbench.bench.callbacks import NonFiniteLossError
     from genbench.data.sources import DataSourceError
+    from genbench.io import DiskFullError
+    from genbench.metrics.inception import InceptionWeightsError
 
     args, extra = parse_args(argv)
     try:
         run(args, extra)
-    except (BenchError, DataSourceError) as err:
+    except (BenchError, DataSourceError, InceptionWeightsError, DiskFullError) as err:
         print(f"genbench bench: {err}", file=sys.stderr)
         return 2
     except NonFiniteLossError as err:

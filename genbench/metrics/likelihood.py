@@ -77,7 +77,10 @@ def discretized_gaussian_log_likelihood(
     inv_stdv = torch.exp(-log_scales)
     plus_in = inv_stdv * (centered + half_bin)
     min_in = inv_stdv * (centered - half_bin)
-    normal = torch.distributions.Normal(torch.zeros((), dtype=x.dtype), torch.ones((), dtype=x.dtype))
+    # validate_args=False: a diverged model's NaN inputs must reach the loss (and the NaN-loss guard), not
+    # raise a ValueError from inside the distribution.
+    normal = torch.distributions.Normal(torch.zeros((), dtype=x.dtype), torch.ones((), dtype=x.dtype),
+                                        validate_args=False)
     cdf_plus = normal.cdf(plus_in)
     cdf_min = normal.cdf(min_in)
     # log Phi(a) and log(1 - Phi(b)) = log Phi(-b), computed stably with torch.special.log_ndtr.
