@@ -1,4 +1,4 @@
-"""The model contract, checked for every registered model (design.md section 3).
+"""The model contract, checked for every registered model.
 
 Adding a model = one registry entry; this file then checks it with no change.
 """

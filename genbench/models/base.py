@@ -1,4 +1,4 @@
-"""The contract every generative model in genbench keeps (design.md section 3).
+"""The contract every generative model in genbench keeps.
 
 The evaluation harness only ever calls what is defined here, so it never branches on the model type:
 

@@ -5,7 +5,7 @@ the dataset's *discrete* grey levels, independent across pixels given z: either 
 logistics with open edge bins (Salimans et al. 2017; one component is the plain discretized logistic) or a
 per-pixel categorical over all ``num_levels``. Because p(x|z) is a probability mass function, the bounds
 below are bounds on the discrete log-likelihood and convert to a valid bits/dim (a Gaussian/MSE decoder
-would give none, design.md section 5).
+would give none: a density over continuous values is not a probability of the discrete data).
 
 * ELBO:  log p(x) >= E_q[log p(x|z)] - KL(q(z|x) || p(z))      (analytic KL, one reparameterised sample)
 * IWAE:  log p(x) >= E[ log (1/k) sum_i p(x, z_i) / q(z_i|x) ]  (Burda et al. 2016; k = 1 is the ELBO)
