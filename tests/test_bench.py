@@ -6,9 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from wandb_offline import read_offline_run
 
 from genbench.bench.record import load_records
-from genbench.bench.wandb_utils import read_offline_run
 from genbench.models import registry
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ from genbench.bench.config import EvalConfig
 from genbench.bench.evaluate import evaluate
 from genbench.data import GenDataModule
 from genbench.metrics import domain
-from genbench.metrics import names as N
+from genbench.metrics import table as N
 
 
 @pytest.fixture(scope="module")

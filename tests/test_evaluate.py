@@ -16,7 +16,7 @@ from genbench.bench.config import EvalConfig
 from genbench.bench.evaluate import evaluate
 from genbench.data.datamodule import GenDataModule
 from genbench.data.toy2d import make_toy2d
-from genbench.metrics import names as N
+from genbench.metrics import table as N
 from genbench.metrics.likelihood import mean_and_stderr
 from genbench.metrics.memorization import memorization_report, nearest_neighbor_l2
 from genbench.models.base import LIKELIHOOD_EXACT, LIKELIHOOD_NONE, GenerativeModel, LikelihoodUnavailable

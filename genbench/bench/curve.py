@@ -19,8 +19,10 @@ import lightning as L
 
 from genbench.bench.budget import TrainingBudget
 from genbench.bench.config import EvalConfig
-from genbench.metrics import names as N
+from genbench.metrics import table as T
 from genbench.models.base import rng_states, set_rng_states
+
+CURVE_KEYS = tuple(m.curve_key for m in T.curve_metrics())
 
 
 def curve_protocol(cfg: EvalConfig) -> EvalConfig:
@@ -60,7 +62,7 @@ class QualityCurve(L.Callback):
         if trainer.is_global_zero:
             point.update(self.measure(pl_module))
             metrics = {f"curve/{k}": float(v) for k, v in point.items()
-                       if k in ("bpd", "nll_nats", "domain_fd", "class_tv", "fid", "images_seen") and v is not None}
+                       if k in (*CURVE_KEYS, "images_seen") and v is not None}
             if point["train_flops"] is not None:
                 metrics["curve/train_pflop"] = point["train_flops"] / 1e15
             for logger in trainer.loggers:
@@ -79,10 +81,8 @@ class QualityCurve(L.Callback):
         finally:
             set_rng_states(saved)
         return {
-            "bpd": _value(metrics, N.BPD), "bpd_stderr": _value(metrics, N.BPD, "stderr"),
-            "nll_nats": _value(metrics, N.NLL_NATS),
-            "domain_fd": _value(metrics, N.DOMAIN_FD), "class_tv": _value(metrics, N.CLASS_COVERAGE),
-            "fid": _value(metrics, N.FID),
+            **{m.curve_key: _value(metrics, m.key) for m in T.curve_metrics()},
+            "bpd_stderr": _value(metrics, T.BPD, "stderr"),
             "n_samples": self.protocol.num_samples, "n_likelihood": self.protocol.likelihood_subset,
             "eval_wall_s": time.perf_counter() - t0,
         }

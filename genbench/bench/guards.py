@@ -100,9 +100,10 @@ def load_checkpoint_checked(path: Path, resuming: bool) -> dict[str, Any]:
 
 def check_inception_weights(eval_cfg: Any, datamodule: Any) -> None:
     """Requested FID/KID/precision-recall need Inception weights: resolve them before training, not after."""
+    from genbench.bench.suites.inception_quality import INCEPTION_METRICS
     from genbench.metrics.inception import InceptionWeightsError, resolve_weights
 
-    wanted = {"fid", "kid", "prc"} & set(eval_cfg.sample_metrics)
+    wanted = set(INCEPTION_METRICS) & set(eval_cfg.sample_metrics)
     if not wanted or eval_cfg.num_samples <= 0 or datamodule.is_continuous:
         return
     try:
@@ -110,6 +111,18 @@ def check_inception_weights(eval_cfg: Any, datamodule: Any) -> None:
     except InceptionWeightsError as err:
         raise BenchError(f"the requested sample metrics ({', '.join(sorted(wanted))}) need Inception weights: "
                          f"{err}\n(or drop them with -- --evaluation.sample_metrics=[...])") from None
+
+
+def check_protocol(eval_cfg: Any, model: Any) -> None:
+    """The evaluation protocol asks only for suites the model declares it can run: checked before training,
+    not after (e.g. a sampler sweep configured for a one-step sampler)."""
+    from genbench.bench.evaluate import check_protocol
+    from genbench.bench.suites import SuiteConfigError
+
+    try:
+        check_protocol(model, eval_cfg)
+    except SuiteConfigError as err:
+        raise BenchError(str(err)) from None
 
 
 def load_weights(model: torch.nn.Module, state: dict[str, Any], path: Path, model_name: str) -> None:

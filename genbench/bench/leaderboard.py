@@ -21,18 +21,17 @@ import yaml
 
 from genbench.bench.record import ResultRecord, atomic_write_text, load_records
 from genbench.io import file_lock
+from genbench.metrics import table as T
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-LOWER_IS_BETTER = {"bpd": True, "fid": True, "kid": True, "precision": False, "recall": False, "domain_fd": True,
-                   "class_coverage": True}
-COLUMNS = ["source", "family", "model", "bpd", "fid", "kid", "precision", "recall", "domain_fd", "class_coverage",
-           "params", "train_time", "train_pflop", "train_images_per_s", "sample_images_per_s", "seeds"]
-HEADERS = {"source": "", "family": "family", "model": "model", "bpd": "bits/dim", "fid": "FID", "kid": "KID",
-           "precision": "precision", "recall": "recall", "domain_fd": "FD classifier†", "class_coverage": "class TV†",
+_BOARD = T.leaderboard_metrics()
+LOWER_IS_BETTER = {m.key: m.lower_is_better for m in _BOARD}
+DIGITS = {m.key: m.digits for m in _BOARD}
+COLUMNS = ["source", "family", "model", *DIGITS, "params", "train_time", "train_pflop", "train_images_per_s",
+           "sample_images_per_s", "seeds"]
+HEADERS = {"source": "", "family": "family", "model": "model", **{m.key: m.label for m in _BOARD},
            "params": "params", "train_time": "train time", "train_pflop": "train PFLOP",
-           "train_images_per_s": "train img/s",
-           "sample_images_per_s": "sample img/s", "seeds": "seeds"}
-DIGITS = {"bpd": 3, "precision": 3, "recall": 3, "kid": 4, "fid": 1, "domain_fd": 1, "class_coverage": 3}
+           "train_images_per_s": "train img/s", "sample_images_per_s": "sample img/s", "seeds": "seeds"}
 
 
 def _value(record: ResultRecord, key: str) -> float | None:
@@ -114,7 +113,7 @@ def extractor_flags(records: list[ResultRecord]) -> dict[str, str]:
     content sha256 (such FIDs are not comparable); empty when they all agree."""
     shas: dict[str, set[str]] = defaultdict(set)
     for r in records:
-        m = r.metrics.get("fid")
+        m = r.metrics.get(T.FID)
         if isinstance(m, dict) and m.get("value") is not None:
             shas[r.model].add(str(m.get("weights_sha256")))
     if len(set().union(*shas.values()) if shas else set()) <= 1:
@@ -141,13 +140,13 @@ def table_rows(records: list[ResultRecord]) -> list[dict[str, Any]]:
             row["_num"][key] = mean
             text = _fmt(mean, std, DIGITS[key])
             m = first.metrics.get(key, {})
-            if key == "bpd" and mean is not None:
+            if key == T.BPD and mean is not None:
                 text += _bpd_detail(m)
-            if key == "fid" and mean is not None:
+            if key == T.FID and mean is not None:
                 text += f" @{m.get('n')} vs {m.get('reference_split')}" + flags.get(model, "")
-            if key == "class_coverage" and mean is not None:
+            if key == T.CLASS_COVERAGE and mean is not None:
                 text += f" ({m.get('classes_covered')}/{m.get('num_classes')} classes)"
-            if key == "bpd" and m.get("available") is False:
+            if key == T.BPD and m.get("available") is False:
                 text = "n/a (no density)"
             row[key] = text
         row["params"] = _fmt_params(first.params)
@@ -156,7 +155,7 @@ def table_rows(records: list[ResultRecord]) -> list[dict[str, Any]]:
         images = _agg([_compute(r, "images_seen") for r in recs])[0]
         row["train_pflop"] = "—" if pflop is None else f"{pflop:.3g} ({_fmt_count(images)} img)"
         row["train_images_per_s"] = _fmt(*_agg([r.train.get("images_per_s") for r in recs]), 1)
-        row["sample_images_per_s"] = _fmt(*_agg([(r.metrics.get("sampling") or {}).get("images_per_s") for r in recs]), 1)
+        row["sample_images_per_s"] = _fmt(*_agg([(r.metrics.get(T.SAMPLING) or {}).get("images_per_s") for r in recs]), 1)
         rows.append(row)
     return rows
 
@@ -178,10 +177,10 @@ def reference_rows(dataset: str, reference_file: Path) -> list[dict[str, Any]]:
     for ref in yaml.safe_load(reference_file.read_text()) or []:
         if ref.get("dataset") != dataset:
             continue
-        bpd = f"{ref['bpd']:.2f} ({ref.get('bpd_kind', '?')})" if "bpd" in ref else "—"
-        fid = f"{ref['fid']:.2f}" if "fid" in ref else "—"
-        rows.append({"source": "published", "family": ref.get("family", ""), "model": ref["model"], "bpd": bpd,
-                     "fid": fid, "kid": "—", "precision": "—", "recall": "—", "params": "—", "train_time": "—",
+        bpd = f"{ref[T.BPD]:.2f} ({ref.get('bpd_kind', '?')})" if T.BPD in ref else "—"
+        fid = f"{ref[T.FID]:.2f}" if T.FID in ref else "—"
+        rows.append({"source": "published", "family": ref.get("family", ""), "model": ref["model"], T.BPD: bpd,
+                     T.FID: fid, T.KID: "—", T.PRECISION: "—", T.RECALL: "—", "params": "—", "train_time": "—",
                      "train_images_per_s": "—", "sample_images_per_s": "—", "seeds": "—",
                      "_note": f"{ref.get('citation', '')}; {ref.get('protocol', '')}"})
     return rows
@@ -190,23 +189,23 @@ def reference_rows(dataset: str, reference_file: Path) -> list[dict[str, Any]]:
 def baseline_rows(dataset: str, records: list[ResultRecord]) -> list[dict[str, Any]]:
     """The real-vs-real FID floor (from the records) and the per-pixel histogram bpd (from the data)."""
     rows = []
-    floors = [r.metrics.get("fid_floor") for r in records if isinstance(r.metrics.get("fid_floor"), dict)]
+    floors = [r.metrics.get(T.FID_FLOOR) for r in records if isinstance(r.metrics.get(T.FID_FLOOR), dict)]
     floors = [f for f in floors if isinstance(f.get("value"), (int, float))]
     if floors:
         f = floors[-1]
         rows.append({"source": "floor", "family": "real data", "model": f"real vs real ({f.get('protocol', '')})",
-                     "bpd": "—", "fid": f"{f['value']:.1f} @{f.get('n')}", "kid": _fmt(f["kid"], f.get("kid_std"), 4)
-                     if isinstance(f.get("kid"), (int, float)) else "—", "precision": "—", "recall": "—",
+                     T.BPD: "—", T.FID: f"{f['value']:.1f} @{f.get('n')}", T.KID: _fmt(f["kid"], f.get("kid_std"), 4)
+                     if isinstance(f.get("kid"), (int, float)) else "—", T.PRECISION: "—", T.RECALL: "—",
                      "params": "—", "train_time": "—", "train_images_per_s": "—", "sample_images_per_s": "—",
                      "seeds": "—"})
-        dom = [r.metrics.get("domain_fd_floor") for r in records if isinstance(r.metrics.get("domain_fd_floor"), dict)]
+        dom = [r.metrics.get(T.DOMAIN_FD_FLOOR) for r in records if isinstance(r.metrics.get(T.DOMAIN_FD_FLOOR), dict)]
         dom = [d for d in dom if isinstance(d.get("value"), (int, float))]
         if dom:
-            rows[-1]["domain_fd"] = f"{dom[-1]['value']:.1f} @{dom[-1].get('n')}"
+            rows[-1][T.DOMAIN_FD] = f"{dom[-1]['value']:.1f} @{dom[-1].get('n')}"
     hist = _pixel_histogram(dataset)
     if hist is not None:
         rows.append({"source": "baseline", "family": "—", "model": "per-pixel histogram (fit on train)",
-                     "bpd": f"{hist:.3f} (exact)", "fid": "—", "kid": "—", "precision": "—", "recall": "—",
+                     T.BPD: f"{hist:.3f} (exact)", T.FID: "—", T.KID: "—", T.PRECISION: "—", T.RECALL: "—",
                      "params": "—", "train_time": "—", "train_images_per_s": "—", "sample_images_per_s": "—",
                      "seeds": "—"})
     return rows
@@ -268,7 +267,7 @@ def render_markdown(tables: list[dict[str, Any]]) -> str:
         notes = [f"- {r['model']}: {r['_note']}" for r in t["references"]]
         protos = sorted({f"{r.model}: sampler {r.metrics.get('sampling', {}).get('sampler', 'n/a')}, "
                          f"steps {r.metrics.get('sampling', {}).get('steps', 'n/a')}" for r in t["records"]
-                         if r.metrics.get("sampling", {}).get("sampler")})
+                         if r.metrics.get(T.SAMPLING, {}).get("sampler")})
         if protos:
             out += ["Samplers: " + "; ".join(protos), ""]
         if notes:
@@ -316,13 +315,13 @@ def _likelihood_note(records: list[ResultRecord]) -> str:
     parts, subsets = [], set()
     for model, r in sorted(_latest(records).items()):
         for key, m in sorted(r.metrics.items()):
-            if not (key == "bpd" or key.startswith("bpd_")) or not isinstance(m, dict):
+            if not (key == T.BPD or key.startswith(T.BPD_VARIANT_PREFIX)) or not isinstance(m, dict):
                 continue
             if not isinstance(m.get("value"), (int, float)):
                 continue
             subsets.add(m.get("subset"))
-            name = model if key == "bpd" else f"{model} {key}"
-            k = m.get("K") if key != "bpd" else None
+            name = model if key == T.BPD else f"{model} {key}"
+            k = m.get("K") if key != T.BPD else None
             name += f" (K={k})" if k else ""
             if isinstance(m.get("nll_nats"), (int, float)):
                 se = m.get("nll_nats_stderr")
@@ -358,7 +357,7 @@ def _provenance_note(records: list[ResultRecord]) -> str:
 def _domain_note(records: list[ResultRecord]) -> str:
     """The footnote that labels the † columns: which classifier, its weights' sha256 and accuracy."""
     for r in reversed(records):
-        m = r.metrics.get("domain_fd")
+        m = r.metrics.get(T.DOMAIN_FD)
         if isinstance(m, dict) and m.get("value") is not None:
             acc = m.get("test_accuracy")
             acc_text = f", test accuracy {100 * acc:.1f}%" if isinstance(acc, (int, float)) else ""
@@ -383,7 +382,7 @@ def _plots(table: dict[str, Any]) -> list[tuple[str, str]]:
 
     plots = []
     recs = table["records"]
-    pts = [(r.family, r.model, _value(r, "bpd"), _value(r, "fid")) for r in recs]
+    pts = [(r.family, r.model, _value(r, T.BPD), _value(r, T.FID)) for r in recs]
     pts = [p for p in pts if p[2] is not None and p[3] is not None]
     if pts:
         fig, ax = plt.subplots(figsize=(4.5, 3.5))
@@ -412,11 +411,11 @@ def _plots(table: dict[str, Any]) -> list[tuple[str, str]]:
     if fig is not None:
         plots.append(("quality against training compute (log PFLOP), measured during training", _png_b64(fig)))
         plt.close(fig)
-    sweeps = [(r.model, r.metrics.get("fid_vs_steps")) for r in recs if r.metrics.get("fid_vs_steps")]
+    sweeps = [(r.model, r.metrics.get(T.FID_VS_STEPS)) for r in recs if r.metrics.get(T.FID_VS_STEPS)]
     if sweeps:
         fig, ax = plt.subplots(figsize=(4.5, 3.5))
         for model, sweep in sweeps:
-            ax.plot([s["steps"] for s in sweep], [s["fid"] for s in sweep], marker="o", label=model)
+            ax.plot([s["steps"] for s in sweep], [s[T.FID] for s in sweep], marker="o", label=model)
         ax.set_xscale("log")
         ax.set_xlabel("sampler steps")
         ax.set_ylabel("FID")
@@ -426,8 +425,7 @@ def _plots(table: dict[str, Any]) -> list[tuple[str, str]]:
     return plots
 
 
-CURVE_METRICS = {"bpd": "bits/dim (test subset)", "domain_fd": "FD classifier†", "class_tv": "class TV†",
-                 "fid": "FID"}
+CURVE_METRICS = {m.curve_key: m.curve_label for m in T.curve_metrics() if m.curve_label}
 
 
 def _quality_vs_compute_figure(records: list[ResultRecord], plt: Any) -> Any:
@@ -446,7 +444,7 @@ def _quality_vs_compute_figure(records: list[ResultRecord], plt: Any) -> Any:
             xy = [(p["train_flops"] / 1e15, p[key]) for p in pts if p.get(key) is not None]
             if xy:
                 ax.plot(*zip(*xy, strict=True), marker="o", label=label)
-        n = next((p.get("n_likelihood" if key == "bpd" else "n_samples") for pts in curves.values() for p in pts), None)
+        n = next((p.get("n_likelihood" if key == T.BPD else "n_samples") for pts in curves.values() for p in pts), None)
         ax.set_title(f"{CURVE_METRICS[key]}" + (f" @{n}" if n else ""), fontsize=9)
         ax.set_xscale("log")
         ax.set_xlabel("training PFLOP")

@@ -280,6 +280,7 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
     provenance.set_config(resolved)
     eval_cfg = EvalConfig(**resolved.get("evaluation", {}))
     guards.check_inception_weights(eval_cfg, dm)
+    guards.check_protocol(eval_cfg, model)
     resume_state = None
     if args.checkpoint is None and last_ckpt.is_file() and not args.fresh:
         resume_state = guards.load_checkpoint_checked(last_ckpt, resuming=True)
@@ -400,7 +401,9 @@ def read_curves(csv_dir: Path, max_points: int = 200) -> dict[str, list[list[flo
 
 def summary_line(record: ResultRecord) -> dict[str, Any]:
     out: dict[str, Any] = {"run_id": record.run_id}
-    for key in ("bpd", "fid", "kid", "precision", "recall"):
+    from genbench.metrics import table
+
+    for key in (m.key for m in table.summary_metrics()):
         m = record.metrics.get(key)
         if isinstance(m, dict) and m.get("value") is not None:
             out[key] = m["value"]

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from genbench.io import atomic_torch_save, atomic_write_text, cache_root
-from genbench.metrics import names as N
+from genbench.metrics import table as T
 from genbench.metrics.fidelity import fid_from_features
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -206,15 +206,15 @@ def domain_metrics(samples: torch.Tensor, real: torch.Tensor, floor_real: torch.
     f_s, p_s = extractor(samples)
     f_r, p_r = extractor(real)
     common = {"n": len(samples), "n_reference": len(real), **extractor.describe()}
-    out: dict[str, Any] = {N.DOMAIN_FD: {"value": fid_from_features(f_s, f_r), **common}}
+    out: dict[str, Any] = {T.DOMAIN_FD: {"value": fid_from_features(f_s, f_r), **common}}
     if floor_real is not None and len(floor_real) >= 2:
         f_f, _ = extractor(floor_real)
-        out[N.DOMAIN_FD_FLOOR] = {"value": fid_from_features(f_f, f_r), "n": len(floor_real), **common}
+        out[T.DOMAIN_FD_FLOOR] = {"value": fid_from_features(f_f, f_r), "n": len(floor_real), **common}
     k = extractor.num_classes
     hist_s = torch.bincount(p_s.argmax(1), minlength=k).double() / len(p_s)
     hist_r = torch.bincount(p_r.argmax(1), minlength=k).double() / len(p_r)
     covered = [c for c in range(k) if hist_r[c] > 0 and hist_s[c] >= 0.5 * hist_r[c]]
-    out[N.CLASS_COVERAGE] = {
+    out[T.CLASS_COVERAGE] = {
         "value": 0.5 * float((hist_s - hist_r).abs().sum()),  # total variation distance, lower is better
         "metric": "total variation between predicted-class histograms of samples and real images",
         "classes_covered": len(covered), "num_classes": k,

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import lightning as L
 import torch
 
+from genbench.capabilities import LIKELIHOOD, SAMPLER_STEPS
 from genbench.data.transforms import check_images
 
 LIKELIHOOD_EXACT = "exact"  # the model's own exact log-likelihood of the data it is scored on
@@ -46,6 +47,8 @@ class GenerativeModel(L.LightningModule, abc.ABC):
 
     family: ClassVar[str] = ""
     likelihood_kind: ClassVar[str] = LIKELIHOOD_NONE
+    # True for iterative samplers whose step count set_sampling_steps changes (the sampler-sweep suite)
+    adjustable_sampling_steps: ClassVar[bool] = False
 
     def __init__(self, data_shape: tuple[int, ...], num_levels: int, num_classes: int) -> None:
         super().__init__()
@@ -80,6 +83,18 @@ class GenerativeModel(L.LightningModule, abc.ABC):
     def likelihood_variant_info(self, name: str) -> dict[str, Any]:
         """What the variant ``name`` of :meth:`likelihood_variants` computes (estimator, K...), for the record."""
         return {}
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """What the model declares it can do (:mod:`genbench.capabilities`): ``likelihood``
+        unless ``likelihood_kind`` is ``none``, ``sampler_steps`` with ``adjustable_sampling_steps``. The
+        evaluation suites are chosen from these, never by calling a method to see whether it raises."""
+        caps = set()
+        if self.likelihood_kind != LIKELIHOOD_NONE:
+            caps.add(LIKELIHOOD)
+        if self.adjustable_sampling_steps:
+            caps.add(SAMPLER_STEPS)
+        return frozenset(caps)
 
     def set_sampling_steps(self, steps: int) -> None:
         """Use ``steps`` sampler steps from now on (iterative samplers only: DDPM). Others raise."""

@@ -82,6 +82,7 @@ class DDPM(GenerativeModel):
 
     family = "diffusion"
     likelihood_kind = LIKELIHOOD_BOUND
+    adjustable_sampling_steps = True
 
     def __init__(
         self,
