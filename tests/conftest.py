@@ -15,3 +15,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """The small offline ``digits`` datamodule, set up (8x8, 17 grey levels, 10 classes)."""
+    from genbench.data.datamodule import GenDataModule
+
+    dm = GenDataModule("digits")
+    dm.setup()
+    return dm

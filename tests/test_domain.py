@@ -20,13 +20,6 @@ def mnist():
     return dm
 
 
-@pytest.fixture(scope="module")
-def digits():
-    dm = GenDataModule("digits")
-    dm.setup()
-    return dm
-
-
 def test_shipped_mnist_classifier_is_pinned_and_accurate(mnist):
     ex = domain.DomainExtractor(mnist)
     d = ex.describe()

@@ -98,13 +98,6 @@ class ToyModel(GenerativeModel):
         return self.density.log_prob(x)
 
 
-@pytest.fixture(scope="module")
-def digits():
-    dm = GenDataModule("digits")
-    dm.setup()
-    return dm
-
-
 def _cfg(**kw) -> EvalConfig:
     base = dict(num_samples=48, sample_batch_size=20, kid_subset_size=32, likelihood_subset=101,
                 likelihood_batch_size=40, memorization_samples=24, seed=3)

@@ -24,13 +24,6 @@ from test_fidelity import TinyExtractor  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def digits():
-    dm = GenDataModule("digits")
-    dm.setup()
-    return dm
-
-
 def _names(chosen):
     return [(s.name, runnable) for s, runnable in chosen]
 
