@@ -254,7 +254,7 @@ def _run_cli(args: list[str], timeout: int) -> subprocess.CompletedProcess:
 
 def _initial_model() -> GAN:
     """The model the CLI builds before training (same configs, same seed), without fitting it."""
-    from genbench.cli import make_cli
+    from genbench.lightning_cli import make_cli
 
     cli = make_cli([*CONFIGS, "--trainer.logger", "false"], run=False)
     return cli.model
