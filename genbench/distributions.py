@@ -38,6 +38,22 @@ def normal_kl(
     return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
 
 
+def _standardized_bin(x: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor, levels: int):
+    """The half bin width and the standardized offsets of the pixel, its bin's upper and lower edge."""
+    if levels < 2:
+        raise ValueError(f"levels must be >= 2, got {levels}")
+    half_bin = 1.0 / (levels - 1)
+    centered = x - means
+    inv_scale = torch.exp(-log_scales)
+    return half_bin, inv_scale * centered, inv_scale * (centered + half_bin), inv_scale * (centered - half_bin)
+
+
+def _open_edged(x: torch.Tensor, half_bin: float, log_lowest: torch.Tensor, log_highest: torch.Tensor,
+                log_mid: torch.Tensor) -> torch.Tensor:
+    """The lowest level takes all mass below its upper edge, the highest all mass above its lower edge."""
+    return torch.where(x < -1.0 + half_bin, log_lowest, torch.where(x > 1.0 - half_bin, log_highest, log_mid))
+
+
 def discretized_gaussian_log_likelihood(
     x: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor, levels: int = 256
 ) -> torch.Tensor:
@@ -47,13 +63,7 @@ def discretized_gaussian_log_likelihood(
     (log standard deviations) are in the same space. Edge bins are open, so the probabilities of the L
     levels sum to one exactly. Computed in the input dtype; pass float64 for evaluation.
     """
-    if levels < 2:
-        raise ValueError(f"levels must be >= 2, got {levels}")
-    half_bin = 1.0 / (levels - 1)
-    centered = x - means
-    inv_stdv = torch.exp(-log_scales)
-    plus_in = inv_stdv * (centered + half_bin)
-    min_in = inv_stdv * (centered - half_bin)
+    half_bin, mid_in, plus_in, min_in = _standardized_bin(x, means, log_scales, levels)
     # validate_args=False: a diverged model's NaN inputs must reach the loss (and the NaN-loss guard), not
     # raise a ValueError from inside the distribution.
     normal = torch.distributions.Normal(torch.zeros((), dtype=x.dtype), torch.ones((), dtype=x.dtype),
@@ -68,13 +78,9 @@ def discretized_gaussian_log_likelihood(
     log_mid = torch.where(
         cdf_delta > 1e-12,
         torch.log(cdf_delta.clamp(min=torch.finfo(x.dtype).tiny)),
-        normal.log_prob(inv_stdv * centered) - log_scales + math.log(2 * half_bin),
+        normal.log_prob(mid_in) - log_scales + math.log(2 * half_bin),
     )
-    return torch.where(
-        x < -1.0 + half_bin,
-        log_cdf_plus,
-        torch.where(x > 1.0 - half_bin, log_one_minus_cdf_min, log_mid),
-    )
+    return _open_edged(x, half_bin, log_cdf_plus, log_one_minus_cdf_min, log_mid)
 
 
 def discretized_logistic_log_likelihood(
@@ -86,28 +92,17 @@ def discretized_logistic_log_likelihood(
     logistic scale parameter. Stable in all regimes (log-sigmoid at the open edges, a density
     approximation where the bin mass underflows).
     """
-    if levels < 2:
-        raise ValueError(f"levels must be >= 2, got {levels}")
-    half_bin = 1.0 / (levels - 1)
-    centered = x - means
-    inv_s = torch.exp(-log_scales)
-    plus_in = inv_s * (centered + half_bin)
-    min_in = inv_s * (centered - half_bin)
+    half_bin, mid_in, plus_in, min_in = _standardized_bin(x, means, log_scales, levels)
     log_cdf_plus = torch.nn.functional.logsigmoid(plus_in)  # log sigmoid(plus_in), for the lowest level
     log_one_minus_cdf_min = torch.nn.functional.logsigmoid(-min_in)  # for the highest level
     cdf_delta = torch.sigmoid(plus_in) - torch.sigmoid(min_in)
-    mid_in = inv_s * centered
     log_pdf_mid = mid_in - log_scales - 2.0 * torch.nn.functional.softplus(mid_in)
     log_mid = torch.where(
         cdf_delta > 1e-5,
         torch.log(cdf_delta.clamp(min=torch.finfo(x.dtype).tiny)),
         log_pdf_mid + math.log(2 * half_bin),
     )
-    return torch.where(
-        x < -1.0 + half_bin,
-        log_cdf_plus,
-        torch.where(x > 1.0 - half_bin, log_one_minus_cdf_min, log_mid),
-    )
+    return _open_edged(x, half_bin, log_cdf_plus, log_one_minus_cdf_min, log_mid)
 
 
 def discretized_logistic_mixture_log_likelihood(
