@@ -7,6 +7,8 @@ configs never repeat them.
 
 from __future__ import annotations
 
+import sys
+
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from genbench.bench.budget import BudgetConfig, TrainingBudget
@@ -48,16 +50,20 @@ def make_cli(args: list[str] | None = None, run: bool = True, **kwargs) -> GenBe
     )
 
 
-def fit(argv: list[str]) -> int:
-    make_cli(["fit", *argv])
+def _run_command(command: str, argv: list[str]) -> int:
+    args = [command, *argv]
+    # From the command line LightningCLI reads sys.argv itself (given both, it warns of a mix-up).
+    make_cli(None if sys.argv[1:] == args else args)
     return 0
+
+
+def fit(argv: list[str]) -> int:
+    return _run_command("fit", argv)
 
 
 def validate(argv: list[str]) -> int:
-    make_cli(["validate", *argv])
-    return 0
+    return _run_command("validate", argv)
 
 
 def test(argv: list[str]) -> int:
-    make_cli(["test", *argv])
-    return 0
+    return _run_command("test", argv)
