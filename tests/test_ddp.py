@@ -20,7 +20,7 @@ class DumpWeights(L.Callback):
     def on_train_end(self, trainer, pl_module):
         torch.save({{k: v.detach().cpu() for k, v in pl_module.state_dict().items()}},
                    "{out}/rank%d.pt" % trainer.global_rank)
-from genbench.cli import make_cli
+from genbench.lightning_cli import make_cli
 cli = make_cli(sys.argv[1:], run=False, trainer_defaults={{"callbacks": [DumpWeights()]}})
 cli.trainer.fit(cli.model, datamodule=cli.datamodule)
 torch.distributed.destroy_process_group()  # a clean exit of every rank
@@ -62,7 +62,7 @@ class Probe(L.Callback):
     def on_train_end(self, trainer, pl_module):
         torch.save({{k: v.detach().cpu() for k, v in pl_module.state_dict().items()}},
                    f"{{out}}/{{os.environ['TAG']}}_rank{{trainer.global_rank}}.pt")
-from genbench.cli import make_cli
+from genbench.lightning_cli import make_cli
 ckpt = os.environ.get("CKPT") or None
 every = ModelCheckpoint(dirpath=f"{{out}}/ckpt", filename="{{step}}", every_n_train_steps=1, save_top_k=-1)
 cli = make_cli(sys.argv[1:], run=False, trainer_defaults={{"callbacks": [Probe(), every]}})

@@ -13,12 +13,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-
-from genbench.data.toy2d import make_toy2d
-from genbench.metrics.modes import HIGH_QUALITY_FRACTION, MODES_RECOVERED, NUM_MODES, mode_coverage
-from genbench.models.base import LIKELIHOOD_NONE, LikelihoodUnavailable
-from genbench.models.gan import GAN, discriminator_loss, generator_loss, gradient_penalty
-from genbench.models.gan_theory import (
+from gan_theory import (
     LOG2,
     QuadraticLogitDiscriminator,
     fit_discriminator,
@@ -27,6 +22,11 @@ from genbench.models.gan_theory import (
     normal_log_prob,
     optimal_discriminator,
 )
+
+from genbench.data.toy2d import make_toy2d
+from genbench.metrics.modes import HIGH_QUALITY_FRACTION, MODES_RECOVERED, NUM_MODES, mode_coverage
+from genbench.models.base import LIKELIHOOD_NONE, LikelihoodUnavailable
+from genbench.models.gan import GAN, discriminator_loss, generator_loss, gradient_penalty
 from genbench.nets.dcgan import DCGANDiscriminator, DCGANGenerator, MLPDiscriminator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -254,7 +254,7 @@ def _run_cli(args: list[str], timeout: int) -> subprocess.CompletedProcess:
 
 def _initial_model() -> GAN:
     """The model the CLI builds before training (same configs, same seed), without fitting it."""
-    from genbench.cli import make_cli
+    from genbench.lightning_cli import make_cli
 
     cli = make_cli([*CONFIGS, "--trainer.logger", "false"], run=False)
     return cli.model

@@ -6,14 +6,12 @@ import pytest
 import torch
 
 from genbench.data import transforms
-from genbench.metrics.likelihood import (
-    bpd,
-    discrete_nll_from_density,
+from genbench.distributions import (
     discretized_gaussian_log_likelihood,
     discretized_logistic_log_likelihood,
-    mean_and_stderr,
     normal_kl,
 )
+from genbench.metrics.likelihood import bpd, discrete_nll_from_density, mean_and_stderr
 
 
 def test_uniform_model_is_eight_bits_per_dim():

@@ -134,7 +134,7 @@ def test_resume_config_changes_allow_training_longer_only():
 
 # ------------------------------------------------------------------------------- 4. DDPM divergence
 def test_nan_model_output_reaches_the_loss_instead_of_raising_in_torch_distributions():
-    from genbench.metrics.likelihood import discretized_gaussian_log_likelihood
+    from genbench.distributions import discretized_gaussian_log_likelihood
 
     x = torch.zeros(2, 1, 2, 2)
     out = discretized_gaussian_log_likelihood(x, torch.full_like(x, float("nan")), torch.zeros_like(x))

@@ -13,12 +13,14 @@ import pytest
 import torch
 
 from genbench.data import GenDataModule
-from genbench.metrics.likelihood import (
-    bpd,
+from genbench.distributions import (
+    diag_normal_log_prob,
     discretized_logistic_log_likelihood,
     discretized_logistic_mixture_log_likelihood,
+    standard_normal_log_prob,
 )
-from genbench.models.vae import VAE, _diag_normal_log_prob, _standard_normal_log_prob
+from genbench.metrics.likelihood import bpd
+from genbench.models.vae import VAE
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = {"data_shape": (1, 8, 8), "num_levels": 17, "num_classes": 10}
@@ -141,7 +143,7 @@ def test_gaussian_kl_matches_closed_form_and_monte_carlo():
     torch.testing.assert_close(terms["kl_per_latent"].detach(), closed)
     # Monte Carlo E_q[log q(z|x) - log p(z)] with the densities used by the IWAE bound
     z = mean + (0.5 * logvar).exp() * torch.randn(200_000, *mean.shape, dtype=torch.float64)
-    mc = (_diag_normal_log_prob(z, mean, logvar) - _standard_normal_log_prob(z)).mean(0)
+    mc = (diag_normal_log_prob(z, mean, logvar) - standard_normal_log_prob(z)).mean(0)
     torch.testing.assert_close(mc, closed.sum(1), atol=0.02, rtol=0)
 
 

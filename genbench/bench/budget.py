@@ -21,6 +21,8 @@ import lightning as L
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from genbench.models.base import eval_mode
+
 FLOP_COUNTER = ("torch.utils.flop_counter.FlopCounterMode: matmul, convolution and attention FLOPs "
                 "(FMA = 2); elementwise work not counted")
 STOPPED_BY_BUDGET = "budget"
@@ -150,13 +152,9 @@ class TrainingBudget(L.Callback):
 def sampling_cost(model: Any, n: int = 4, seed: int = 0) -> dict[str, Any]:
     """FLOPs per generated image of ``model.sample`` (counted on ``n`` images, in eval mode, no grad) and
     the network evaluations per image that the model's sampler declares."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         with torch.no_grad():
             _, flops = count_flops(model.sample, n, generator=torch.Generator(device=model.device).manual_seed(seed))
-    finally:
-        model.train(was_training)
     return {"flops_per_image": flops / n, "counted_on_images": n,
             "network_evaluations_per_image": model.sampler_info().get("network_evaluations"),
             "flop_counter": FLOP_COUNTER}

@@ -17,7 +17,11 @@ import torch
 import yaml
 
 from genbench.bench.callbacks import NonFiniteLossError
-from genbench.bench.run import BenchError
+
+
+class BenchError(RuntimeError):
+    """A benchmark cannot start: the message names the problem and the fix."""
+
 
 MAX_SEED = 2**32 - 1  # numpy's seed range, which seed_everything feeds
 
@@ -89,10 +93,26 @@ def check_checkpoint_finite(path: Path, state: dict[str, Any], resuming: bool) -
         "no record was written. Evaluate a checkpoint saved before training diverged.")
 
 
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` with a clear error for a missing, truncated or corrupted file."""
+    path = Path(path)
+    if not path.is_file():
+        raise BenchError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, bad pickle, unsafe types...
+        raise BenchError(
+            f"checkpoint {path} cannot be loaded ({type(err).__name__}: {str(err).splitlines()[0][:200]}); it is "
+            "corrupted or truncated, or not a checkpoint. Delete it to train from the previous state, or pass "
+            "--fresh to start over."
+        ) from err
+    if not isinstance(state, dict) or "state_dict" not in state:
+        raise BenchError(f"checkpoint {path} has no state_dict; it is not a Lightning checkpoint")
+    return state
+
+
 def load_checkpoint_checked(path: Path, resuming: bool) -> dict[str, Any]:
     """A checkpoint that loads (a clear error otherwise) and holds finite weights only."""
-    from genbench.bench.run import load_checkpoint
-
     state = load_checkpoint(path)
     check_checkpoint_finite(path, state, resuming)
     return state

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from genbench import paths
 from genbench.bench.record import ResultRecord, atomic_write_text, load_records
 from genbench.io import file_lock
 from genbench.metrics import table as T
@@ -508,8 +509,9 @@ def build(results_dir: Path, out_dir: Path, reference_file: Path | None = None) 
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m genbench leaderboard", description=__doc__.split("\n\n")[0])
-    p.add_argument("--results-dir", type=Path, default=REPO_ROOT / "benchmarks" / "results")
-    p.add_argument("--out-dir", type=Path, default=REPO_ROOT / "benchmarks")
+    root = paths.output_root()  # GENBENCH_HOME, else the working directory: where `bench` writes records
+    p.add_argument("--results-dir", type=Path, default=paths.results_dir(root))
+    p.add_argument("--out-dir", type=Path, default=root / "benchmarks")
     p.add_argument("--reference", type=Path, default=REPO_ROOT / "benchmarks" / "reference.yaml")
     args = p.parse_args(argv)
     for path in build(args.results_dir, args.out_dir, args.reference):

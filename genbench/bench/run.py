@@ -12,30 +12,49 @@ no checkpoint is selected by a reported metric.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import netrc
 import os
 import sys
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
+from genbench import paths
+from genbench.bench import guards
+from genbench.bench.budget import STOPPED_BY_BUDGET, TrainingBudget, sampling_cost
+from genbench.bench.callbacks import (
+    FiniteLossGuard,
+    NonFiniteLossError,
+    SampleGrid,
+    TrainingProvenance,
+    TrainThroughput,
+)
+from genbench.bench.checkpointing import AtomicCheckpointIO, parse_checkpoint_every
 from genbench.bench.config import EvalConfig
+from genbench.bench.curve import QualityCurve
+from genbench.bench.evaluate import evaluate
+from genbench.bench.guards import BenchError, load_checkpoint  # noqa: F401 (part of this module's interface)
+from genbench.bench.leaderboard import build as build_leaderboard
+from genbench.bench.plots import save_sample_grid
 from genbench.bench.record import ResultRecord, atomic_write_text, environment, redact, write_record
-from genbench.io import file_lock
+from genbench.bench.wandb_utils import log_final, log_leaderboard
+from genbench.data import dataset_names
+from genbench.data.sources import DataSourceError
+from genbench.io import DiskFullError, file_lock
+from genbench.lightning_cli import make_cli
+from genbench.metrics.inception import InceptionWeightsError
+from genbench.models import registry
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_CONFIGS = REPO_ROOT / "configs"
-DEFAULT_RESULTS = REPO_ROOT / "benchmarks" / "results"
-DEFAULT_RUNS = REPO_ROOT / "runs"
 CHECKPOINT_EVERY = "1m"
-
-
-class BenchError(RuntimeError):
-    """A benchmark cannot start: the message names the problem and the fix."""
 
 
 def profiles(configs_dir: Path, model: str | None = None) -> list[str]:
@@ -48,9 +67,6 @@ def profiles(configs_dir: Path, model: str | None = None) -> list[str]:
 
 def config_files(configs_dir: Path, model: str, data: str, profile: str) -> list[Path]:
     """The YAML files of a run, in composition order; raises BenchError listing valid values."""
-    from genbench.data import dataset_names
-    from genbench.models import registry
-
     registry.import_all()
     if model not in registry.model_names():
         raise BenchError(f"unknown MODEL {model!r}; valid: {', '.join(registry.model_names())}")
@@ -83,8 +99,6 @@ def wandb_key_configured() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True
     try:
-        import netrc
-
         auth = netrc.netrc().authenticators("api.wandb.ai")
         return bool(auth and auth[2])
     except (OSError, netrc.NetrcParseError):
@@ -97,7 +111,6 @@ def make_logger(run_id: str, run_dir: Path, group: str, tags: list[str], enabled
         return False
     if not os.environ.get("WANDB_MODE") and not wandb_key_configured():
         os.environ["WANDB_MODE"] = "offline"  # no key: write the run locally; `wandb sync` uploads it later
-    from lightning.pytorch.loggers import WandbLogger
 
     id_file = run_dir / "wandb_id.txt"
     if id_file.is_file() and not fresh:
@@ -108,24 +121,6 @@ def make_logger(run_id: str, run_dir: Path, group: str, tags: list[str], enabled
             atomic_write_text(id_file, wandb_id + "\n")
     return WandbLogger(project=os.environ.get("WANDB_PROJECT", "genbench"), name=run_id, id=wandb_id, resume="allow",
                        group=group, tags=tags, save_dir=str(run_dir), log_model=False)
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """``torch.load(weights_only=True)`` with a clear error for a missing, truncated or corrupted file."""
-    path = Path(path)
-    if not path.is_file():
-        raise BenchError(f"checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, bad pickle, unsafe types...
-        raise BenchError(
-            f"checkpoint {path} cannot be loaded ({type(err).__name__}: {str(err).splitlines()[0][:200]}); it is "
-            "corrupted or truncated, or not a checkpoint. Delete it to train from the previous state, or pass "
-            "--fresh to start over."
-        ) from err
-    if not isinstance(state, dict) or "state_dict" not in state:
-        raise BenchError(f"checkpoint {path} has no state_dict; it is not a Lightning checkpoint")
-    return state
 
 
 class RunLock:
@@ -167,9 +162,13 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--accelerator", default=None, help="cpu | gpu | auto (default: from the trainer config)")
     p.add_argument("--precision", default=None, help="e.g. 32-true, bf16-mixed, 16-mixed (default: from config)")
     p.add_argument("--num-nodes", type=int, default=1)
-    p.add_argument("--configs-dir", type=Path, default=DEFAULT_CONFIGS)
-    p.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS)
-    p.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS)
+    p.add_argument("--output-dir", type=Path, default=None,
+                   help=f"root of the outputs: runs/ and benchmarks/ (results, leaderboard) go under it "
+                        f"(default: ${paths.HOME_ENV}, else the working directory)")
+    p.add_argument("--configs-dir", type=Path, default=None,
+                   help=f"the config tree (default: configs/ of ${paths.HOME_ENV}, else of the working directory)")
+    p.add_argument("--results-dir", type=Path, default=None, help="result records (default: OUTPUT_DIR/benchmarks/results)")
+    p.add_argument("--runs-dir", type=Path, default=None, help="run directories (default: OUTPUT_DIR/runs)")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="evaluate this checkpoint instead of training (e.g. runs/.../checkpoints/last.ckpt)")
     p.add_argument("--checkpoint-every", default=CHECKPOINT_EVERY,
@@ -179,7 +178,12 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--no-wandb", action="store_true", help="do not log to Weights & Biases")
     p.add_argument("--no-leaderboard", action="store_true", help="do not rebuild the leaderboard afterwards")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    return p.parse_args(argv), extra
+    args = p.parse_args(argv)
+    root = paths.output_root(args.output_dir)
+    args.configs_dir = args.configs_dir if args.configs_dir is not None else paths.configs_dir()
+    args.results_dir = args.results_dir if args.results_dir is not None else paths.results_dir(root)
+    args.runs_dir = args.runs_dir if args.runs_dir is not None else paths.runs_dir(root)
+    return args, extra
 
 
 def _launch_rank() -> int:
@@ -192,8 +196,6 @@ def _launch_rank() -> int:
 
 def run(args: argparse.Namespace, extra: list[str]) -> Path | None:
     """Run one benchmark; returns the record path on rank 0 (None on other ranks)."""
-    from genbench.bench import guards
-
     guards.check_seed(args.seed)
     guards.check_fresh_flags(args.fresh, args.checkpoint)
     run_dir = args.runs_dir / args.data / args.profile / args.model / f"seed{args.seed}"
@@ -208,25 +210,69 @@ def run(args: argparse.Namespace, extra: list[str]) -> Path | None:
 
 
 def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
+    plan = plan_run(args, extra)
+    bench = build_trainer(plan)
+    ckpt_path, fit_wall_s = fit_or_load(plan, bench)
+    metrics, eval_wall_s = evaluate_model(plan, bench)
+    if not bench.trainer.is_global_zero:
+        return None
+    record, path, grid_path = write_result(plan, bench, metrics, ckpt_path, fit_wall_s, eval_wall_s)
+    publish(plan, bench, record, grid_path)
+    print(json.dumps(summary_line(record)))
+    return path
 
-    from genbench.bench import guards
-    from genbench.bench.budget import STOPPED_BY_BUDGET, TrainingBudget, sampling_cost
-    from genbench.bench.callbacks import FiniteLossGuard, SampleGrid, TrainingProvenance, TrainThroughput
-    from genbench.bench.checkpointing import AtomicCheckpointIO, parse_checkpoint_every
-    from genbench.bench.curve import QualityCurve
-    from genbench.bench.evaluate import evaluate
-    from genbench.bench.plots import save_sample_grid
-    from genbench.cli import make_cli
-    from genbench.models import registry
 
+@dataclass
+class RunPlan:
+    """What one invocation does, resolved once from the command line: names, config files, directories."""
+
+    args: argparse.Namespace
+    extra: list[str]
+    files: list[Path]
+    cadence: dict[str, Any]  # ModelCheckpoint's every-N-steps or every-span arguments
+    family: str
+    run_id: str
+    run_dir: Path
+    results_dir: Path
+    eval_state: dict[str, Any] | None  # the checkpoint to evaluate (eval-only), loaded and checked
+
+    @property
+    def eval_only(self) -> bool:
+        return self.args.checkpoint is not None
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    @property
+    def last_ckpt(self) -> Path:
+        return self.ckpt_dir / "last.ckpt"
+
+
+@dataclass
+class BenchSession:
+    """The Lightning objects of a run and the callbacks whose state the record reports."""
+
+    trainer: Any
+    model: Any
+    dm: Any
+    resolved: dict[str, Any]  # the full resolved config, secrets redacted
+    eval_cfg: EvalConfig
+    logger: Any  # WandbLogger or False
+    throughput: TrainThroughput
+    provenance: TrainingProvenance
+    budget: TrainingBudget
+    curve: QualityCurve
+    resume_state: dict[str, Any] | None
+
+
+def plan_run(args: argparse.Namespace, extra: list[str]) -> RunPlan:
+    """Stage 1: config files, identity and directories (created and checked writable)."""
     files = config_files(args.configs_dir, args.model, args.data, args.profile)
     try:
         cadence = parse_checkpoint_every(args.checkpoint_every)
     except ValueError as err:
         raise BenchError(str(err)) from None
-    family = registry.model_class(args.model).family
     run_id = f"{args.data}-{args.profile}-{args.model}-seed{args.seed}"
     run_dir = args.runs_dir / args.data / args.profile / args.model / f"seed{args.seed}"
     results_dir = args.results_dir
@@ -234,8 +280,6 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
     if args.checkpoint is not None:  # eval-only: its own id and directories, never the trained run's
         eval_state = guards.load_checkpoint_checked(args.checkpoint, resuming=False)
         run_id, run_dir, results_dir = guards.eval_identity(run_id, run_dir, results_dir, args.checkpoint)
-    ckpt_dir = run_dir / "checkpoints"
-    last_ckpt = ckpt_dir / "last.ckpt"
     for what, d in (("results", results_dir), ("runs", run_dir)):
         try:
             d.mkdir(parents=True, exist_ok=True)
@@ -244,10 +288,16 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
                              "DIR naming a writable directory") from None
         if not os.access(d, os.W_OK):
             raise BenchError(f"{what} directory {d} is not writable; pass --{what}-dir DIR naming a writable one")
+    return RunPlan(args=args, extra=extra, files=files, cadence=cadence, family=registry.model_class(args.model).family,
+                   run_id=run_id, run_dir=run_dir, results_dir=results_dir, eval_state=eval_state)
 
-    cli_args = [f"--config={f}" for f in files] + [
+
+def trainer_args(plan: RunPlan) -> list[str]:
+    """The LightningCLI arguments of the run: its config files, then the bench flags, then ``-- ...``."""
+    args = plan.args
+    cli_args = [f"--config={f}" for f in plan.files] + [
         f"--seed_everything={args.seed}",
-        f"--trainer.default_root_dir={run_dir}",
+        f"--trainer.default_root_dir={plan.run_dir}",
         f"--trainer.devices={args.devices}",
         f"--trainer.num_nodes={args.num_nodes}",
     ]
@@ -256,35 +306,39 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
     if args.precision:
         cli_args.append(f"--trainer.precision={args.precision}")
     cli_args += ["--trainer.enable_progress_bar=false"] if args.no_progress else []
-    cli_args += extra
+    return cli_args + plan.extra
 
+
+def build_trainer(plan: RunPlan) -> BenchSession:
+    """Stage 2: trainer, model and datamodule with the bench callbacks and loggers; the resolved config is
+    checked against the run's own (a resume must train the same thing) and saved beside it."""
+    args, run_dir = plan.args, plan.run_dir
     throughput = TrainThroughput()
     provenance = TrainingProvenance()
     callbacks = [
-        FiniteLossGuard(ckpt_dir),
+        FiniteLossGuard(plan.ckpt_dir),
         throughput,
         provenance,
-        ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, **cadence),
+        ModelCheckpoint(dirpath=plan.ckpt_dir, save_last=True, save_top_k=0, **plan.cadence),
         SampleGrid(run_dir / "samples"),
     ]
-    logger = make_logger(run_id, run_dir, group=f"{args.data}-{args.profile}",
-                         tags=[family, args.model, args.data, args.profile], enabled=not args.no_wandb,
-                          fresh=args.fresh)
+    logger = make_logger(plan.run_id, run_dir, group=f"{args.data}-{args.profile}",
+                         tags=[plan.family, args.model, args.data, args.profile], enabled=not args.no_wandb,
+                         fresh=args.fresh)
     csv_logger = CSVLogger(save_dir=str(run_dir), name="csv")  # a new version per invocation: resumes append
-    cli = make_cli(cli_args, run=False, save_config_callback=None,
+    cli = make_cli(trainer_args(plan), run=False, save_config_callback=None,
                    trainer_defaults={"callbacks": callbacks, "logger": [lg for lg in (logger, csv_logger) if lg],
                                      "plugins": [AtomicCheckpointIO()]})
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
-    resolved = yaml.safe_load(cli.parser.dump(cli.config, skip_none=False))
-    resolved = redact(resolved)
+    resolved = redact(yaml.safe_load(cli.parser.dump(cli.config, skip_none=False)))
     provenance.set_config(resolved)
     eval_cfg = EvalConfig(**resolved.get("evaluation", {}))
     guards.check_inception_weights(eval_cfg, dm)
     guards.check_protocol(eval_cfg, model)
     resume_state = None
-    if args.checkpoint is None and last_ckpt.is_file() and not args.fresh:
-        resume_state = guards.load_checkpoint_checked(last_ckpt, resuming=True)
-        guards.check_resume_config(run_dir / "config.yaml", resolved, run_id)
+    if not plan.eval_only and plan.last_ckpt.is_file() and not args.fresh:
+        resume_state = guards.load_checkpoint_checked(plan.last_ckpt, resuming=True)
+        guards.check_resume_config(run_dir / "config.yaml", resolved, plan.run_id)
     if args.fresh and _launch_rank() == 0:  # the launcher's rank: DDP children exist only once fit starts
         guards.start_fresh(run_dir)  # last: the config and every name above are valid
         if logger:
@@ -299,75 +353,89 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
     if logger:
         logger.log_hyperparams({"bench": {"model": args.model, "data": args.data, "profile": args.profile,
                                           "seed": args.seed}, **resolved})
+    return BenchSession(trainer=trainer, model=model, dm=dm, resolved=resolved, eval_cfg=eval_cfg, logger=logger,
+                        throughput=throughput, provenance=provenance, budget=budget, curve=curve,
+                        resume_state=resume_state)
 
+
+def fit_or_load(plan: RunPlan, bench: BenchSession) -> tuple[str | None, float]:
+    """Stage 3: train (resuming from the run's last checkpoint) or load the checkpoint to evaluate.
+    Returns the checkpoint started from and this invocation's wall time."""
+    trainer, model, dm = bench.trainer, bench.model, bench.dm
     t0 = time.perf_counter()
-    if args.checkpoint is not None:
+    if plan.eval_only:
         # Evaluate a given checkpoint without training: the validation loop starts the strategy (and, under
         # DDP, the other ranks), then every rank runs the distributed-aware evaluation.
-        guards.load_weights(model, eval_state, args.checkpoint, args.model)
-        restore_callback_states(eval_state, (budget, curve, throughput))  # the training it records
-        provenance.load_from(eval_state)  # the commit and config that trained these weights
-        ckpt_path = str(args.checkpoint)
+        guards.load_weights(model, plan.eval_state, plan.args.checkpoint, plan.args.model)
+        restore_callback_states(plan.eval_state, (bench.budget, bench.curve, bench.throughput))  # its training
+        bench.provenance.load_from(plan.eval_state)  # the commit and config that trained these weights
+        ckpt_path = str(plan.args.checkpoint)
         trainer.validate(model, datamodule=dm, verbose=False)
     else:
-        ckpt_path = str(last_ckpt) if resume_state is not None else None
+        ckpt_path = str(plan.last_ckpt) if bench.resume_state is not None else None
         if ckpt_path and trainer.is_global_zero:
-            print(f"genbench: resuming {run_id} from {ckpt_path}")
-        guards.fit(trainer, model, dm, ckpt_path, run_id, last_ckpt)
-        trainer.save_checkpoint(last_ckpt, weights_only=False)  # full state, so a rerun can resume
-    fit_wall_s = time.perf_counter() - t0
+            print(f"genbench: resuming {plan.run_id} from {ckpt_path}")
+        guards.fit(trainer, model, dm, ckpt_path, plan.run_id, plan.last_ckpt)
+        trainer.save_checkpoint(plan.last_ckpt, weights_only=False)  # full state, so a rerun can resume
+    return ckpt_path, time.perf_counter() - t0
 
-    model = model.to(trainer.strategy.root_device)
-    model.eval()
+
+def evaluate_model(plan: RunPlan, bench: BenchSession) -> tuple[dict[str, Any], float]:
+    """Stage 4: the evaluation protocol on every rank (distributed-aware); returns metrics and wall time."""
+    bench.model = bench.model.to(bench.trainer.strategy.root_device)
+    bench.model.eval()
     t1 = time.perf_counter()
-    metrics = evaluate(model, dm, eval_cfg, trainer=trainer, progress=not args.no_progress)
-    eval_wall_s = time.perf_counter() - t1
-    if not trainer.is_global_zero:
-        return None
+    metrics = evaluate(bench.model, bench.dm, bench.eval_cfg, trainer=bench.trainer,
+                       progress=not plan.args.no_progress)
+    return metrics, time.perf_counter() - t1
 
-    if args.checkpoint is not None:
-        steps = int(eval_state.get("global_step", 0))
+
+def write_result(plan: RunPlan, bench: BenchSession, metrics: dict[str, Any], ckpt_path: str | None,
+                 fit_wall_s: float, eval_wall_s: float) -> tuple[ResultRecord, Path, Path]:
+    """Stage 5 (rank 0): the sample grid and the result record; returns the record, its path and the grid's."""
+    args, trainer, model, budget = plan.args, bench.trainer, bench.model, bench.budget
+    if plan.eval_only:
+        steps = int(plan.eval_state.get("global_step", 0))
         stopped_by = STOPPED_BY_BUDGET if budget.spent else "unknown (evaluated from a checkpoint)"
     else:
         steps, stopped_by = int(trainer.global_step), budget.stopped_by(trainer)
-    grid_path = results_dir / "samples" / f"{run_id}.png"
+    grid_path = plan.results_dir / "samples" / f"{plan.run_id}.png"
     samples = model.sample(64, generator=torch.Generator().manual_seed(args.seed))
-    save_sample_grid(samples, grid_path, title=run_id, levels=max(model.num_levels, 2))
+    save_sample_grid(samples, grid_path, title=plan.run_id, levels=max(model.num_levels, 2))
+    throughput = bench.throughput
     record = ResultRecord(
-        run_id=run_id, model=args.model, family=family, dataset=args.data, profile=args.profile, seed=args.seed,
-        metrics=metrics, params=model.num_parameters(),
+        run_id=plan.run_id, model=args.model, family=plan.family, dataset=args.data, profile=args.profile,
+        seed=args.seed, metrics=metrics, params=model.num_parameters(),
         train={"wall_time_s": throughput.train_seconds, "images": throughput.images,
                "images_per_s": throughput.images_per_s, "fit_wall_s_this_invocation": fit_wall_s,
                "steps": steps, "epochs": trainer.current_epoch, "resumed_from": ckpt_path,
                "precision": str(trainer.precision), "world_size": trainer.world_size,
                "torch_threads": torch.get_num_threads(),
                "checkpoint": "last (no selection by a reported metric)",
-               "curves": read_curves(run_dir / "csv"), "quality_curve": curve.points},
+               "curves": read_curves(plan.run_dir / "csv"), "quality_curve": bench.curve.points},
         compute={"training": budget.summary(steps, stopped_by), "sampling": sampling_cost(model)},
-        evaluation={**eval_cfg.to_dict(), "wall_time_s": eval_wall_s},
-        data=dm.describe(), model_info=model.describe(), environment=environment(), config=resolved,
-        artifacts={"sample_grid": os.path.relpath(grid_path, results_dir), "run_dir": str(run_dir)},
+        evaluation={**bench.eval_cfg.to_dict(), "wall_time_s": eval_wall_s},
+        data=bench.dm.describe(), model_info=model.describe(), environment=environment(), config=bench.resolved,
+        artifacts={"sample_grid": os.path.relpath(grid_path, plan.results_dir), "run_dir": str(plan.run_dir)},
     )
-    record.train.update(provenance.record_fields())
-    path = write_record(record, results_dir)
+    record.train.update(bench.provenance.record_fields())
+    path = write_record(record, plan.results_dir)
     print(f"genbench: wrote {path}")
+    return record, path, grid_path
+
+
+def publish(plan: RunPlan, bench: BenchSession, record: ResultRecord, grid_path: Path) -> None:
+    """Stage 6 (rank 0): W&B summary and the leaderboard (not for an eval-only record)."""
+    args, logger = plan.args, bench.logger
     if logger:
-        from genbench.bench.wandb_utils import log_final
-
         log_final(logger, record, grid_path)
-    if not args.no_leaderboard and args.checkpoint is None:
-        from genbench.bench.leaderboard import build
-
-        outputs = build(args.results_dir, args.results_dir.parent)
+    if not args.no_leaderboard and not plan.eval_only:
+        outputs = build_leaderboard(args.results_dir, args.results_dir.parent)
         print("genbench: leaderboard -> " + ", ".join(str(p) for p in outputs))
         if logger:
-            from genbench.bench.wandb_utils import log_leaderboard
-
             log_leaderboard(logger, args.results_dir, args.data, args.profile)
     if logger:
         logger.experiment.finish()
-    print(json.dumps(summary_line(record)))
-    return path
 
 
 def restore_callback_states(checkpoint: dict[str, Any], callbacks: tuple[Any, ...]) -> None:
@@ -383,8 +451,6 @@ CURVE_KEYS = ("train/loss", "val/loss", "val/bpd")
 
 def read_curves(csv_dir: Path, max_points: int = 200) -> dict[str, list[list[float]]]:
     """Training curves from every CSV-logger version of a run (a resumed run adds one), downsampled."""
-    import csv
-
     versions = sorted(Path(csv_dir).glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
     curves: dict[str, list[list[float]]] = {}
     for metrics_csv in versions:
@@ -412,11 +478,6 @@ def summary_line(record: ResultRecord) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    from genbench.bench.callbacks import NonFiniteLossError
-    from genbench.data.sources import DataSourceError
-    from genbench.io import DiskFullError
-    from genbench.metrics.inception import InceptionWeightsError
-
     args, extra = parse_args(argv)
     try:
         run(args, extra)

@@ -11,6 +11,7 @@ from genbench.diffusion.gaussian_diffusion import (
     VAR_TYPES,
     GaussianDiffusion,
 )
+from genbench.diffusion.modes import LikelihoodEstimator, LossType, ModelOutput, Sampler, VarType
 from genbench.diffusion.samplers import SAMPLERS, sample
 from genbench.diffusion.schedules import SCHEDULES, make_betas, space_timesteps
 
@@ -22,6 +23,11 @@ __all__ = [
     "SCHEDULES",
     "VAR_TYPES",
     "GaussianDiffusion",
+    "LikelihoodEstimator",
+    "LossType",
+    "ModelOutput",
+    "Sampler",
+    "VarType",
     "make_betas",
     "sample",
     "space_timesteps",

@@ -23,12 +23,13 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from genbench.metrics.likelihood import discretized_gaussian_log_likelihood, normal_kl
+from genbench.diffusion.modes import LikelihoodEstimator, LossType, ModelOutput, VarType, parse, values
+from genbench.distributions import discretized_gaussian_log_likelihood, normal_kl
 
-MODEL_OUTPUTS = ("eps", "x_start", "v")
-VAR_TYPES = ("fixed_small", "fixed_large", "learned_range")
-LOSS_TYPES = ("simple", "vlb", "hybrid")
-LIKELIHOOD_ESTIMATORS = ("exact", "sampled", "stratified")
+MODEL_OUTPUTS = values(ModelOutput)
+VAR_TYPES = values(VarType)
+LOSS_TYPES = values(LossType)
+LIKELIHOOD_ESTIMATORS = values(LikelihoodEstimator)
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Generators = torch.Generator | Sequence[torch.Generator] | None
@@ -122,13 +123,10 @@ class GaussianDiffusion(nn.Module):
         timestep_map: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
-        if model_output not in MODEL_OUTPUTS:
-            raise ValueError(f"unknown model_output {model_output!r}; valid: {', '.join(MODEL_OUTPUTS)}")
-        if var_type not in VAR_TYPES:
-            raise ValueError(f"unknown var_type {var_type!r}; valid: {', '.join(VAR_TYPES)}")
-        if loss_type not in LOSS_TYPES:
-            raise ValueError(f"unknown loss_type {loss_type!r}; valid: {', '.join(LOSS_TYPES)}")
-        if loss_type == "hybrid" and var_type != "learned_range":
+        model_output = parse(ModelOutput, model_output, "model_output")
+        var_type = parse(VarType, var_type, "var_type")
+        loss_type = parse(LossType, loss_type, "loss_type")
+        if loss_type == LossType.HYBRID and var_type != VarType.LEARNED_RANGE:
             raise ValueError("loss_type='hybrid' trains the variance through L_vlb: it needs var_type='learned_range'")
         if num_levels < 2:
             raise ValueError(f"num_levels must be >= 2 (discrete data), got {num_levels}")
@@ -182,7 +180,7 @@ class GaussianDiffusion(nn.Module):
 
     def output_channels(self, data_channels: int) -> int:
         """Channels the network must output for data with ``data_channels`` channels."""
-        return 2 * data_channels if self.var_type == "learned_range" else data_channels
+        return 2 * data_channels if self.var_type == VarType.LEARNED_RANGE else data_channels
 
     @staticmethod
     def _extract(values: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -290,26 +288,26 @@ class GaussianDiffusion(nn.Module):
         expected = self.output_channels(channels)
         if output.shape[0] != x_t.shape[0] or output.shape[1] != expected or output.shape[2:] != x_t.shape[2:]:
             raise ValueError(f"network output must have shape {[x_t.shape[0], expected, *x_t.shape[2:]]}, got {list(output.shape)}")
-        if self.var_type == "learned_range":
+        if self.var_type == VarType.LEARNED_RANGE:
             output, var_values = output[:, :channels], output[:, channels:]
             min_log = self._extract(self.posterior_log_variance_clipped, t, x_t)
             max_log = self._extract(torch.log(self.betas), t, x_t)
             frac = (var_values + 1.0) / 2.0
             log_variance = frac * max_log + (1.0 - frac) * min_log
-        elif self.var_type == "fixed_small":
+        elif self.var_type == VarType.FIXED_SMALL:
             log_variance = self._extract(self.posterior_log_variance_clipped, t, x_t).expand_as(x_t)
         else:
             log_variance = self._extract(self.fixed_large_log_variance, t, x_t).expand_as(x_t)
 
-        if self.model_output == "eps":
+        if self.model_output == ModelOutput.EPS:
             pred_x_start = self.predict_x_start_from_eps(x_t, t, output)
-        elif self.model_output == "x_start":
+        elif self.model_output == ModelOutput.X_START:
             pred_x_start = output
         else:
             pred_x_start = self.predict_x_start_from_v(x_t, t, output)
         if clip_denoised:
             pred_x_start = pred_x_start.clamp(-1.0, 1.0)
-        if self.model_output == "eps" and not clip_denoised:
+        if self.model_output == ModelOutput.EPS and not clip_denoised:
             pred_eps = output
         else:
             pred_eps = self.predict_eps_from_x_start(x_t, t, pred_x_start)
@@ -377,8 +375,7 @@ class GaussianDiffusion(nn.Module):
         exact one; their Monte Carlo noise is per example, so a standard error over examples covers it.
         Returns ``total``, ``prior``, ``decoder`` and ``kl`` (each ``[N]``, dtype of ``x_start``).
         """
-        if estimator not in LIKELIHOOD_ESTIMATORS:
-            raise ValueError(f"unknown likelihood estimator {estimator!r}; valid: {', '.join(LIKELIHOOD_ESTIMATORS)}")
+        estimator = parse(LikelihoodEstimator, estimator, "likelihood estimator")
         n, device, dtype, T = x_start.shape[0], x_start.device, x_start.dtype, self.num_timesteps
         prior = self.prior_kl(x_start)
 
@@ -389,10 +386,10 @@ class GaussianDiffusion(nn.Module):
         decoder = term(torch.zeros(n, dtype=torch.int64, device=device))
         kl = torch.zeros(n, dtype=dtype, device=device)
         if T > 1:
-            if estimator == "exact":
+            if estimator == LikelihoodEstimator.EXACT:
                 for step in range(T - 1, 0, -1):
                     kl = kl + term(torch.full((n,), step, dtype=torch.int64, device=device))
-            elif estimator == "sampled":
+            elif estimator == LikelihoodEstimator.SAMPLED:
                 if num_sampled < 1:
                     raise ValueError(f"num_sampled must be >= 1, got {num_sampled}")
                 steps = randint(T, (n, num_sampled), generator, device, low=1)
@@ -421,20 +418,20 @@ class GaussianDiffusion(nn.Module):
         channels = x_start.shape[1]
         terms: dict[str, torch.Tensor] = {}
         vlb_scale = self.num_timesteps / 1000.0 / (math.log(2.0) * x_start[0].numel())
-        if self.loss_type in ("simple", "hybrid"):
+        if self.loss_type in (LossType.SIMPLE, LossType.HYBRID):
             mean_output = output[:, :channels]
-            if self.model_output == "eps":
+            if self.model_output == ModelOutput.EPS:
                 target = noise
-            elif self.model_output == "x_start":
+            elif self.model_output == ModelOutput.X_START:
                 target = x_start
             else:
                 target = self.v_target(x_start, t, noise)
             terms["mse"] = mean_flat((mean_output - target) ** 2)
-        if self.loss_type == "hybrid":
+        if self.loss_type == LossType.HYBRID:
             frozen = torch.cat([output[:, :channels].detach(), output[:, channels:]], dim=1)
             terms["vlb"] = self.vlb_term(None, x_start, x_t, t, clip_denoised=False, output=frozen) * vlb_scale
             terms["loss"] = terms["mse"] + self.vlb_weight * terms["vlb"]
-        elif self.loss_type == "vlb":
+        elif self.loss_type == LossType.VLB:
             terms["vlb"] = self.vlb_term(None, x_start, x_t, t, clip_denoised=False, output=output) * vlb_scale
             terms["loss"] = terms["vlb"]
         else:

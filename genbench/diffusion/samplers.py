@@ -18,9 +18,10 @@ from __future__ import annotations
 import torch
 
 from genbench.diffusion.gaussian_diffusion import GaussianDiffusion, Generators, ModelFn, randn
+from genbench.diffusion.modes import Sampler, parse, values
 from genbench.diffusion.schedules import space_timesteps
 
-SAMPLERS = ("ancestral", "ddim", "sde", "ode")
+SAMPLERS = values(Sampler)
 
 
 def respaced(diffusion: GaussianDiffusion, num_steps: int) -> GaussianDiffusion:
@@ -153,14 +154,18 @@ def sample(
     clip_denoised: bool = True,
 ) -> torch.Tensor:
     """Draw ``shape`` samples in model space with ``sampler`` on ``num_steps`` evenly spaced steps."""
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
+    sampler = parse(Sampler, sampler, "sampler")
     process = respaced(diffusion, num_steps)
     kwargs = {"generator": generator, "device": device, "dtype": dtype, "clip_denoised": clip_denoised}
-    if sampler == "ancestral":
-        return ancestral_sample(process, model, shape, **kwargs)
-    if sampler == "ddim":
-        return ddim_sample(process, model, shape, eta=eta, **kwargs)
-    if sampler == "sde":
-        return sde_sample(process, model, shape, **kwargs)
-    return ode_sample(process, model, shape, **kwargs)
+    if sampler == Sampler.DDIM:  # the one sampler with a stochasticity knob
+        kwargs["eta"] = eta
+    return SAMPLER_FUNCTIONS[Sampler(sampler)](process, model, shape, **kwargs)
+
+
+# One entry per sampler: function(process, model, shape, *, generator, device, dtype, clip_denoised, ...).
+SAMPLER_FUNCTIONS = {
+    Sampler.ANCESTRAL: ancestral_sample,
+    Sampler.DDIM: ddim_sample,
+    Sampler.SDE: sde_sample,
+    Sampler.ODE: ode_sample,
+}

@@ -2,12 +2,8 @@
 
 All log-likelihoods in genbench are natural-log values per example of the *discrete* data. The one
 conversion to bits per dimension lives here (:func:`bpd`), together with the accounting for mapping
-discrete pixels into a continuous model space (:func:`discrete_nll_from_density`), the Gaussian KL and
-the discretized Gaussian / logistic decoders used by the VAE and the DDPM bound.
-
-Model space convention: pixel values ``k in {0, ..., L-1}`` map to ``2k/(L-1) - 1`` in [-1, 1]; a bin is
-``2/(L-1)`` wide, and the two edge bins are open (they extend to -inf and +inf) so that the probabilities
-of all L levels sum to one.
+discrete pixels into a continuous model space (:func:`discrete_nll_from_density`). The densities the
+models are built from (Gaussian KL, discretized decoders) are in :mod:`genbench.distributions`.
 """
 
 from __future__ import annotations
@@ -51,86 +47,10 @@ def discrete_nll_from_density(
     return -(log_density_model_space + logdet_to_model_space) + num_dims * math.log(levels)
 
 
-def normal_kl(
-    mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor
-) -> torch.Tensor:
-    """Elementwise KL( N(mean1, exp(logvar1)) || N(mean2, exp(logvar2)) ) in nats."""
-    mean1, logvar1, mean2, logvar2 = torch.broadcast_tensors(
-        torch.as_tensor(mean1), torch.as_tensor(logvar1), torch.as_tensor(mean2), torch.as_tensor(logvar2)
-    )
-    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
 
 
-def discretized_gaussian_log_likelihood(
-    x: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor, levels: int = 256
-) -> torch.Tensor:
-    """Elementwise log-probability of discrete pixels under a discretized Gaussian (Ho et al. 2020, L_0).
-
-    ``x`` holds pixel values already mapped to model space (``2k/(L-1) - 1``); ``means`` and ``log_scales``
-    (log standard deviations) are in the same space. Edge bins are open, so the probabilities of the L
-    levels sum to one exactly. Computed in the input dtype; pass float64 for evaluation.
-    """
-    if levels < 2:
-        raise ValueError(f"levels must be >= 2, got {levels}")
-    half_bin = 1.0 / (levels - 1)
-    centered = x - means
-    inv_stdv = torch.exp(-log_scales)
-    plus_in = inv_stdv * (centered + half_bin)
-    min_in = inv_stdv * (centered - half_bin)
-    # validate_args=False: a diverged model's NaN inputs must reach the loss (and the NaN-loss guard), not
-    # raise a ValueError from inside the distribution.
-    normal = torch.distributions.Normal(torch.zeros((), dtype=x.dtype), torch.ones((), dtype=x.dtype),
-                                        validate_args=False)
-    cdf_plus = normal.cdf(plus_in)
-    cdf_min = normal.cdf(min_in)
-    # log Phi(a) and log(1 - Phi(b)) = log Phi(-b), computed stably with torch.special.log_ndtr.
-    log_cdf_plus = torch.special.log_ndtr(plus_in)
-    log_one_minus_cdf_min = torch.special.log_ndtr(-min_in)
-    # In the far tails cdf_plus - cdf_min underflows: use log(pdf * width) there.
-    cdf_delta = cdf_plus - cdf_min
-    log_mid = torch.where(
-        cdf_delta > 1e-12,
-        torch.log(cdf_delta.clamp(min=torch.finfo(x.dtype).tiny)),
-        normal.log_prob(inv_stdv * centered) - log_scales + math.log(2 * half_bin),
-    )
-    return torch.where(
-        x < -1.0 + half_bin,
-        log_cdf_plus,
-        torch.where(x > 1.0 - half_bin, log_one_minus_cdf_min, log_mid),
-    )
 
 
-def discretized_logistic_log_likelihood(
-    x: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor, levels: int = 256
-) -> torch.Tensor:
-    """Elementwise log-probability of discrete pixels under a discretized logistic (Salimans et al. 2017).
-
-    Same conventions as :func:`discretized_gaussian_log_likelihood`; ``log_scales`` is the log of the
-    logistic scale parameter. Stable in all regimes (log-sigmoid at the open edges, a density
-    approximation where the bin mass underflows).
-    """
-    if levels < 2:
-        raise ValueError(f"levels must be >= 2, got {levels}")
-    half_bin = 1.0 / (levels - 1)
-    centered = x - means
-    inv_s = torch.exp(-log_scales)
-    plus_in = inv_s * (centered + half_bin)
-    min_in = inv_s * (centered - half_bin)
-    log_cdf_plus = torch.nn.functional.logsigmoid(plus_in)  # log sigmoid(plus_in), for the lowest level
-    log_one_minus_cdf_min = torch.nn.functional.logsigmoid(-min_in)  # for the highest level
-    cdf_delta = torch.sigmoid(plus_in) - torch.sigmoid(min_in)
-    mid_in = inv_s * centered
-    log_pdf_mid = mid_in - log_scales - 2.0 * torch.nn.functional.softplus(mid_in)
-    log_mid = torch.where(
-        cdf_delta > 1e-5,
-        torch.log(cdf_delta.clamp(min=torch.finfo(x.dtype).tiny)),
-        log_pdf_mid + math.log(2 * half_bin),
-    )
-    return torch.where(
-        x < -1.0 + half_bin,
-        log_cdf_plus,
-        torch.where(x > 1.0 - half_bin, log_one_minus_cdf_min, log_mid),
-    )
 
 
 def mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:
@@ -141,31 +61,3 @@ def mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:
     if v.numel() == 1:
         return float(v.item()), float("nan")
     return float(v.mean().item()), float(v.std(unbiased=True).item() / math.sqrt(v.numel()))
-
-
-def discretized_logistic_mixture_log_likelihood(
-    x: torch.Tensor,
-    logit_weights: torch.Tensor,
-    means: torch.Tensor,
-    log_scales: torch.Tensor,
-    levels: int = 256,
-) -> torch.Tensor:
-    """Elementwise log-probability of discrete pixels under a mixture of discretized logistics.
-
-    ``x`` has shape ``[N, ...]`` (model space, as in :func:`discretized_logistic_log_likelihood`); the
-    mixture parameters have shape ``[N, K, ...]`` with the K components along dim 1, each component with
-    its own open-edged discretized logistic, mixed by ``softmax(logit_weights, dim=1)``. Every pixel has its
-    own mixture (no coupling between channels). Returns ``[N, ...]``; the probabilities of the L levels
-    sum to one for every pixel.
-    """
-    if not (logit_weights.shape == means.shape == log_scales.shape):
-        raise ValueError(
-            f"mixture parameters must share one shape, got {list(logit_weights.shape)}, {list(means.shape)}, "
-            f"{list(log_scales.shape)}"
-        )
-    if means.dim() != x.dim() + 1 or means.shape[0] != x.shape[0] or means.shape[2:] != x.shape[1:]:
-        raise ValueError(
-            f"mixture parameters must have shape [N, K, ...] for x {list(x.shape)}, got {list(means.shape)}"
-        )
-    log_component = discretized_logistic_log_likelihood(x.unsqueeze(1), means, log_scales, levels)
-    return torch.logsumexp(torch.log_softmax(logit_weights, dim=1) + log_component, dim=1)

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import lightning as L
@@ -35,6 +36,17 @@ FAMILIES = ("gan", "vae", "flow", "diffusion")
 
 class LikelihoodUnavailable(NotImplementedError):
     """Raised by ``log_likelihood`` of a model that defines no density (GANs)."""
+
+
+@contextmanager
+def eval_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``module`` in eval mode for the block, then back in the mode it was in (an exception included)."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 
 class GenerativeModel(L.LightningModule, abc.ABC):
@@ -128,6 +140,12 @@ class GenerativeModel(L.LightningModule, abc.ABC):
     def check_sample_count(self, n: int) -> None:
         if not isinstance(n, int) or n < 0:
             raise ValueError(f"n must be a non-negative int, got {n!r}")
+
+    def randn(self, shape: Sequence[int], generator: torch.Generator | None = None) -> torch.Tensor:
+        """Standard-normal noise drawn on ``generator``'s device (so a seed gives the same draws wherever
+        the model runs), or on the model's device without one; returned on the model's device."""
+        device = generator.device if generator is not None else self.device
+        return torch.randn(tuple(shape), generator=generator, device=device).to(self.device)
 
     def num_parameters(self) -> int:
         """Trainable parameters of the model that is sampled / scored (EMA copies are not counted twice)."""

@@ -33,15 +33,12 @@ from typing import Any
 import torch
 
 from genbench.data.transforms import to_model_space, to_pixels
-from genbench.diffusion import (
-    LIKELIHOOD_ESTIMATORS,
-    SAMPLERS,
-    GaussianDiffusion,
-    make_betas,
-)
+from genbench.diffusion import GaussianDiffusion, make_betas
 from genbench.diffusion import sample as diffusion_sample
+from genbench.diffusion.modes import LikelihoodEstimator, LossType, Sampler, parse
 from genbench.metrics.likelihood import bpd
-from genbench.models.base import LIKELIHOOD_BOUND, GenerativeModel, LikelihoodUnavailable
+from genbench.models.base import LIKELIHOOD_BOUND, GenerativeModel, LikelihoodUnavailable, eval_mode
+from genbench.models.schedules import ema_decay_at, ema_update, linear_warmup
 from genbench.nets.unet import UNet
 
 TRAIN_LOSS = "train/loss"
@@ -129,12 +126,10 @@ class DDPM(GenerativeModel):
                 f"DDPM models discrete images [C, H, W] (num_levels >= 2); got data_shape={list(self.data_shape)}, "
                 f"num_levels={self.num_levels}"
             )
-        if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
+        parse(Sampler, sampler, "sampler")
         if sampling_steps < 1:
             raise ValueError(f"sampling_steps must be >= 1, got {sampling_steps}")
-        if likelihood_estimator not in LIKELIHOOD_ESTIMATORS:
-            raise ValueError(f"unknown likelihood_estimator {likelihood_estimator!r}; valid: {', '.join(LIKELIHOOD_ESTIMATORS)}")
+        parse(LikelihoodEstimator, likelihood_estimator, "likelihood_estimator")
         if likelihood_timesteps < 1 or val_bpd_timesteps < 1:
             raise ValueError("likelihood_timesteps and val_bpd_timesteps must be >= 1")
         if not 0.0 <= ema_decay < 1.0:
@@ -219,7 +214,7 @@ class DDPM(GenerativeModel):
         loss = terms["loss"].mean()
         self.log(TRAIN_LOSS, loss, prog_bar=True)
         for key, name in (("mse", TRAIN_MSE), ("vlb", TRAIN_VLB)):
-            if key in terms and self.hparams.loss_type != "simple":
+            if key in terms and self.hparams.loss_type != LossType.SIMPLE:
                 self.log(name, terms[key].mean())
         quartile = terms["t"] * 4 // self.diffusion.num_timesteps
         for k in range(4):
@@ -231,12 +226,10 @@ class DDPM(GenerativeModel):
     @torch.no_grad()
     def update_ema(self, decay: float) -> None:
         """ema <- decay * ema + (1 - decay) * weights (the same on every rank)."""
-        for ema_p, p in zip(self.ema.parameters(), self.net.parameters(), strict=True):
-            ema_p.lerp_(p.detach().to(ema_p.dtype), 1.0 - decay)
+        ema_update(self.ema.parameters(), self.net.parameters(), decay)
 
     def ema_decay_at(self, step: int) -> float:
-        decay = self.hparams.ema_decay
-        return min(decay, (1.0 + step) / (10.0 + step)) if self.hparams.ema_warmup else decay
+        return ema_decay_at(self.hparams.ema_decay, step, self.hparams.ema_warmup)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         # The EMA follows each optimizer step inside the step itself, so a checkpoint written at the end of a
@@ -251,7 +244,7 @@ class DDPM(GenerativeModel):
         self.log(VAL_LOSS, self._losses(x, y, generator)["loss"].mean(), sync_dist=True, prog_bar=True)
         if batch_idx == 0 and self.hparams.val_bpd_images > 0:
             images = x[: self.hparams.val_bpd_images]
-            ll = self._log_likelihood(images, "stratified", self.hparams.val_bpd_timesteps)
+            ll = self._log_likelihood(images, LikelihoodEstimator.STRATIFIED.value, self.hparams.val_bpd_timesteps)
             self.log(VAL_BPD, bpd(-ll.mean(), self.num_dims).float(), sync_dist=True, prog_bar=True,
                      batch_size=images.shape[0])
 
@@ -262,8 +255,8 @@ class DDPM(GenerativeModel):
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = torch.optim.AdamW(self.net.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        warmup = max(1, self.hparams.warmup_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        warmup = self.hparams.warmup_steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: linear_warmup(step, warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ the contract
@@ -274,9 +267,7 @@ class DDPM(GenerativeModel):
         self.check_sample_count(n)
         if n == 0:
             return torch.zeros((0, *self.data_shape), dtype=torch.uint8)
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             if self.hparams.class_conditional:
                 if labels is None:
                     gen_device = generator.device if generator is not None else torch.device("cpu")
@@ -300,8 +291,6 @@ class DDPM(GenerativeModel):
                     clip_denoised=self.hparams.clip_denoised,
                 )
             return to_pixels(x, self.num_levels).cpu()
-        finally:
-            self.train(was_training)
 
     def set_sampling_steps(self, steps: int) -> None:
         """Sample with ``steps`` steps of the configured sampler from now on (recorded by sampler_info)."""
@@ -323,9 +312,7 @@ class DDPM(GenerativeModel):
         self.check_input(x)
         if self.hparams.class_conditional and self.hparams.label_dropout == 0:
             raise LikelihoodUnavailable("a class-conditional DDPM trained without label dropout has no unconditional p(x)")
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             with torch.autocast(device_type=self.device.type, enabled=False):
                 x_start = to_model_space(x.to(self.device), self.num_levels, torch.float64)
                 terms = self.diffusion.nll_bound(
@@ -337,8 +324,6 @@ class DDPM(GenerativeModel):
                     clip_denoised=self.hparams.clip_denoised,
                 )
             return (-terms["total"]).to(torch.float64).to(x.device)
-        finally:
-            self.train(was_training)
 
     def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
         """float64 ``[N]``: minus the variational bound in nats per image (a lower bound on log P(x))."""
@@ -350,10 +335,10 @@ class DDPM(GenerativeModel):
             "kind": self.likelihood_kind,
             "bound": "L_T + sum_{t>=2} KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) + L_0, discretized Gaussian decoder",
             "estimator": estimator,
-            "K": None if estimator == "exact" else self.hparams.likelihood_timesteps,
+            "K": None if estimator == LikelihoodEstimator.EXACT else self.hparams.likelihood_timesteps,
             "T": self.diffusion.num_timesteps,
             "network_calls_per_image": (
-                self.diffusion.num_timesteps if estimator == "exact" else self.hparams.likelihood_timesteps + 1
+                self.diffusion.num_timesteps if estimator == LikelihoodEstimator.EXACT else self.hparams.likelihood_timesteps + 1
             ),
             "var_type": self.hparams.var_type,
             "clip_denoised": self.hparams.clip_denoised,
@@ -372,7 +357,7 @@ class DDPM(GenerativeModel):
             "ema_decay": self.hparams.ema_decay,
             "clip_denoised": self.hparams.clip_denoised,
         }
-        if self.hparams.sampler == "ddim":
+        if self.hparams.sampler == Sampler.DDIM:
             info["eta"] = self.hparams.ddim_eta
         if self.hparams.class_conditional:
             info.update(labels="uniform", guidance_scale=self.hparams.guidance_scale)

@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from genbench.data.transforms import to_model_space, to_pixels
-from genbench.models.base import LIKELIHOOD_NONE, GenerativeModel, LikelihoodUnavailable
+from genbench.models.base import LIKELIHOOD_NONE, GenerativeModel, LikelihoodUnavailable, eval_mode
+from genbench.models.schedules import ema_decay_at, ema_update
 from genbench.nets.dcgan import D_NORMS, DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, MLPGenerator
 
 LOSSES = ("non_saturating", "hinge", "wgan_gp")
@@ -175,8 +176,7 @@ class GAN(GenerativeModel):
         return x.float() if self.is_continuous else to_pixels(x.float(), self.num_levels)
 
     def sample_z(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        device = generator.device if generator is not None else self.device
-        return torch.randn(n, self.latent_dim, generator=generator, device=device).to(self.device)
+        return self.randn((n, self.latent_dim), generator)
 
     # ------------------------------------------------------------------ Lightning
     def setup(self, stage: str) -> None:
@@ -247,10 +247,8 @@ class GAN(GenerativeModel):
     def update_ema(self) -> None:
         """``ema <- d ema + (1 - d) G`` on weights (warmed-up ``d``); BatchNorm statistics copied from G."""
         k = int(self.num_g_steps)
-        decay = min(self.hparams.ema_decay, (1.0 + k) / (10.0 + k))
-        ema_params = list(self.generator_ema.parameters())
-        g_params = [p.detach() for p in self.generator.parameters()]
-        torch._foreach_lerp_(ema_params, g_params, 1.0 - decay)
+        ema_update(self.generator_ema.parameters(), self.generator.parameters(),
+                   ema_decay_at(self.hparams.ema_decay, k))
         for b_ema, b in zip(self.generator_ema.buffers(), self.generator.buffers(), strict=True):
             b_ema.copy_(b)
 
@@ -270,14 +268,10 @@ class GAN(GenerativeModel):
         """``n`` samples from the EMA generator in eval mode: uint8 ``[n, C, H, W]`` (float32 points in 2-D)."""
         self.check_sample_count(n)
         net = self.generator_ema if self.hparams.ema_decay > 0 else self.generator
-        was_training = net.training
-        net.eval()
-        try:
+        with eval_mode(net):
             with torch.autocast(device_type=self.device.type, enabled=False):
                 x = net(self.sample_z(n, generator)) if n > 0 else torch.zeros(0, *self.data_shape, device=self.device)
             return self.from_model(x).cpu()
-        finally:
-            net.train(was_training)
 
     def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
         raise LikelihoodUnavailable(

@@ -33,9 +33,11 @@ from typing import Any
 import torch
 
 from genbench.data import transforms
+from genbench.distributions import standard_normal_log_prob
 from genbench.metrics.likelihood import bpd, discrete_nll_from_density
-from genbench.models.base import LIKELIHOOD_BOUND, LIKELIHOOD_EXACT, GenerativeModel
-from genbench.nets.coupling import MLPCouplingFlow, RealNVPFlow, standard_normal_log_prob
+from genbench.models.base import LIKELIHOOD_BOUND, LIKELIHOOD_EXACT, GenerativeModel, eval_mode
+from genbench.models.schedules import linear_warmup
+from genbench.nets.coupling import MLPCouplingFlow, RealNVPFlow
 
 TRAIN_LOSS = "train/loss"
 TRAIN_BPD = "train/bpd"
@@ -150,16 +152,12 @@ class RealNVP(GenerativeModel):
     def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
         """Exact flow log-density of a dequantized point, as a bound on log P(x) (see ``likelihood_info``)."""
         self.check_input(x)
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             with torch.no_grad(), torch.autocast(device_type=self.device.type, enabled=False):
                 x = x.to(self.device)
                 if self.is_continuous:
                     return (-self._nll_nats(x)).cpu()
                 return self._dequant_draws(x, self.dequant_draws).mean(0).cpu()
-        finally:
-            self.train(was_training)
 
     def iw_dequant_log_likelihood(self, x: torch.Tensor, k: int | None = None) -> torch.Tensor:
         """The importance-weighted dequantization bound log (1/K) sum_k p(v_k) - D log L, K = ``k`` draws."""
@@ -167,14 +165,10 @@ class RealNVP(GenerativeModel):
         if self.is_continuous or k < 1:
             raise ValueError("iw_dequant needs image data and K >= 1 draws")
         self.check_input(x)
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             with torch.no_grad(), torch.autocast(device_type=self.device.type, enabled=False):
                 draws = self._dequant_draws(x.to(self.device), k)
                 return (torch.logsumexp(draws, 0) - math.log(k)).cpu()
-        finally:
-            self.train(was_training)
 
     def likelihood_variants(self) -> dict[str, Any]:
         if self.is_continuous or self.iw_dequant_draws < 1:
@@ -209,9 +203,7 @@ class RealNVP(GenerativeModel):
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` samples (uint8 images, or float32 points) at ``temperature``, in eval mode, on the CPU."""
         self.check_sample_count(n)
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             with torch.autocast(device_type=self.device.type, enabled=False):
                 shape = (n, self.flow.num_dims)
                 if generator is not None:
@@ -226,8 +218,6 @@ class RealNVP(GenerativeModel):
                     return y.reshape(n, *self.data_shape).float().cpu()
                 v = transforms.inverse_logit_transform(y.double(), self.alpha)
                 return transforms.quantize(v, self.num_levels).reshape(n, *self.data_shape).cpu()
-        finally:
-            self.train(was_training)
 
     def sampler_info(self) -> dict[str, Any]:
         return {
@@ -277,7 +267,7 @@ class RealNVP(GenerativeModel):
 
         def schedule(step: int) -> float:
             if step < hp.warmup_steps:
-                return (step + 1) / hp.warmup_steps
+                return linear_warmup(step, hp.warmup_steps)
             return hp.lr_decay ** (step - hp.warmup_steps)
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

@@ -27,12 +27,14 @@ from typing import Any
 import torch
 
 from genbench.data.transforms import to_model_space, to_pixels
-from genbench.metrics.likelihood import (
-    bpd,
+from genbench.distributions import (
+    diag_normal_log_prob,
     discretized_logistic_mixture_log_likelihood,
     normal_kl,
+    standard_normal_log_prob,
 )
-from genbench.models.base import LIKELIHOOD_BOUND, GenerativeModel
+from genbench.metrics.likelihood import bpd
+from genbench.models.base import LIKELIHOOD_BOUND, GenerativeModel, eval_mode
 from genbench.nets.vae import ConvDecoder, ConvEncoder
 
 # Metric names (shared with the harness and the leaderboard).
@@ -50,17 +52,6 @@ VAL_ACTIVE_UNITS = "val/active_units"
 
 DECODERS = ("logistic_mixture", "categorical")
 SAMPLE_PIXELS = ("draw", "mode")
-LOG_2PI = math.log(2.0 * math.pi)
-
-
-def _standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
-    """log N(z; 0, I) summed over the last dim."""
-    return -0.5 * (z.pow(2) + LOG_2PI).sum(-1)
-
-
-def _diag_normal_log_prob(z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """log N(z; mean, diag(exp(logvar))) summed over the last dim."""
-    return -0.5 * ((z - mean).pow(2) * torch.exp(-logvar) + logvar + LOG_2PI).sum(-1)
 
 
 class VAE(GenerativeModel):
@@ -186,10 +177,6 @@ class VAE(GenerativeModel):
         u = torch.rand(shape, generator=generator, device=device)
         return u.to(self.device).clamp(1e-6, 1.0 - 1e-6)
 
-    def _normal(self, shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
-        device = self.device if generator is None else generator.device
-        return torch.randn(shape, generator=generator, device=device).to(self.device)
-
     def decoder_pixels(
         self, out: torch.Tensor, draw: bool, generator: torch.Generator | None = None
     ) -> torch.Tensor:
@@ -242,12 +229,12 @@ class VAE(GenerativeModel):
         log_w = []
         for start in range(0, k, per_call):
             kc = min(per_call, k - start)
-            eps = self._normal((kc, n, self.latent_dim), generator).double()
+            eps = self.randn((kc, n, self.latent_dim), generator).double()
             z = mean + torch.exp(0.5 * logvar) * eps  # [kc, N, D]
             out = self.decoder(z.flatten(0, 1).float())
             x_rep = x.unsqueeze(0).expand(kc, *x.shape).flatten(0, 1)
             log_px = self.decoder_log_prob(x_rep, out, torch.float64).flatten(1).sum(1).view(kc, n)
-            log_w.append(log_px + _standard_normal_log_prob(z) - _diag_normal_log_prob(z, mean, logvar))
+            log_w.append(log_px + standard_normal_log_prob(z) - diag_normal_log_prob(z, mean, logvar))
         return torch.cat(log_w, dim=0)
 
     def log_likelihood(
@@ -299,18 +286,14 @@ class VAE(GenerativeModel):
     @contextlib.contextmanager
     def _eval_context(self) -> Iterator[None]:
         """Eval mode, no grad, no autocast; the previous training mode is restored afterwards."""
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             with torch.no_grad(), torch.autocast(device_type=self.device.type, enabled=False):
                 yield
-        finally:
-            self.train(was_training)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         self.check_sample_count(n)
         with self._eval_context():
-            z = self._normal((n, self.latent_dim), generator)
+            z = self.randn((n, self.latent_dim), generator)
             x = self.decoder_pixels(self.decoder(z), self.hparams.sample_pixels == "draw", generator)
         return x.cpu()
 

@@ -364,7 +364,3 @@ class MLPCouplingFlow(nn.Module):
             z = layer.inverse(z)
         return z
 
-
-def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
-    """Per-example log N(z; 0, I) of a flat ``[N, D]`` latent, in nats."""
-    return -0.5 * (z * z).sum(1) - 0.5 * z.shape[1] * math.log(2 * math.pi)

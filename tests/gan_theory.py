@@ -18,6 +18,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from genbench.distributions import diag_normal_log_prob
 from genbench.models.gan import discriminator_loss
 
 LOG2 = math.log(2.0)
@@ -25,7 +26,7 @@ LOG2 = math.log(2.0)
 
 def normal_log_prob(x: torch.Tensor, mean: float, std: float) -> torch.Tensor:
     """log N(x; mean, std^2), elementwise."""
-    return -0.5 * ((x - mean) / std) ** 2 - math.log(std) - 0.5 * math.log(2.0 * math.pi)
+    return diag_normal_log_prob(x.unsqueeze(-1), mean, 2.0 * math.log(std))
 
 
 def optimal_discriminator(log_p_r: torch.Tensor, log_p_g: torch.Tensor) -> torch.Tensor:
