@@ -40,6 +40,7 @@ from genbench.diffusion import (
     make_betas,
 )
 from genbench.diffusion import sample as diffusion_sample
+from genbench.diffusion.langevin import PC_PREDICTORS, pc_network_evaluations
 from genbench.metrics.likelihood import bpd
 from genbench.models.base import LIKELIHOOD_BOUND, GenerativeModel, LikelihoodUnavailable
 from genbench.nets.unet import UNet
@@ -73,7 +74,10 @@ class DDPM(GenerativeModel):
         ema_decay: decay of the EMA weights; with ``ema_warmup`` the decay at step n is
             min(ema_decay, (1 + n) / (10 + n)), so short runs are not dominated by the initial weights.
         use_ema: sample and score with the EMA weights (else the trained ones).
-        sampler, sampling_steps, ddim_eta: how :meth:`sample` draws (``ancestral``, ``ddim``, ``sde``, ``ode``).
+        sampler, sampling_steps, ddim_eta: how :meth:`sample` draws (``ancestral``, ``ddim``, ``sde``, ``ode``,
+            ``pc``).
+        pc_predictor, pc_corrector_steps, pc_snr: the ``pc`` sampler's predictor (``sde`` or ``ancestral``),
+            Langevin corrector steps per step and signal-to-noise ratio r (Song et al. 2021b).
         likelihood_estimator, likelihood_timesteps: ``exact``, ``sampled`` or ``stratified`` with K timesteps.
         likelihood_seed: seed of the bound's Monte Carlo draws.
         val_bpd_images, val_bpd_timesteps: the cheap ``val/bpd`` (stratified estimator) on the first images
@@ -115,6 +119,9 @@ class DDPM(GenerativeModel):
         sampler: str = "ddim",
         sampling_steps: int = 50,
         ddim_eta: float = 0.0,
+        pc_predictor: str = "sde",
+        pc_corrector_steps: int = 1,
+        pc_snr: float = 0.16,
         likelihood_estimator: str = "stratified",
         likelihood_timesteps: int = 16,
         likelihood_seed: int = 0,
@@ -132,6 +139,10 @@ class DDPM(GenerativeModel):
             raise ValueError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
         if sampling_steps < 1:
             raise ValueError(f"sampling_steps must be >= 1, got {sampling_steps}")
+        if pc_predictor not in PC_PREDICTORS:
+            raise ValueError(f"unknown pc_predictor {pc_predictor!r}; valid: {', '.join(PC_PREDICTORS)}")
+        if pc_corrector_steps < 0 or not pc_snr > 0:
+            raise ValueError(f"need pc_corrector_steps >= 0 and pc_snr > 0, got {pc_corrector_steps} and {pc_snr}")
         if likelihood_estimator not in LIKELIHOOD_ESTIMATORS:
             raise ValueError(f"unknown likelihood_estimator {likelihood_estimator!r}; valid: {', '.join(LIKELIHOOD_ESTIMATORS)}")
         if likelihood_timesteps < 1 or val_bpd_timesteps < 1:
@@ -295,6 +306,9 @@ class DDPM(GenerativeModel):
                     num_steps=self.hparams.sampling_steps,
                     eta=self.hparams.ddim_eta,
                     generator=generator,
+                    pc_predictor=self.hparams.pc_predictor,
+                    pc_corrector_steps=self.hparams.pc_corrector_steps,
+                    pc_snr=self.hparams.pc_snr,
                     device=self.device,
                     clip_denoised=self.hparams.clip_denoised,
                 )
@@ -373,8 +387,13 @@ class DDPM(GenerativeModel):
         }
         if self.hparams.sampler == "ddim":
             info["eta"] = self.hparams.ddim_eta
+        evaluations_per_pass = info["steps"]
+        if self.hparams.sampler == "pc":
+            info.update(predictor=self.hparams.pc_predictor, corrector="langevin",
+                        corrector_steps=self.hparams.pc_corrector_steps, snr=self.hparams.pc_snr)
+            evaluations_per_pass = pc_network_evaluations(info["steps"], self.hparams.pc_corrector_steps)
         if self.hparams.class_conditional:
             info.update(labels="uniform", guidance_scale=self.hparams.guidance_scale)
         guided = self.hparams.class_conditional and self.hparams.guidance_scale != 1.0
-        info["network_evaluations"] = info["steps"] * (2 if guided else 1)  # guidance adds an unconditional pass
+        info["network_evaluations"] = evaluations_per_pass * (2 if guided else 1)  # guidance adds an unconditional pass
         return info
