@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from genbench.diffusion.gaussian_diffusion import GaussianDiffusion, Generators, ModelFn, randn
-from genbench.diffusion.samplers import initial_noise
+from genbench.diffusion.samplers import ancestral_step, initial_noise, score_view_step
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]  # x [N, ...] -> grad_x log p(x) [N, ...]
 LogProbFn = Callable[[torch.Tensor], torch.Tensor]  # x [N, ...] -> log p(x) [N] (up to a constant)
@@ -183,20 +183,13 @@ def pc_sample(
         raise ValueError(f"pc snr must be > 0, got {snr}")
     device = torch.device(device)
     x = initial_noise(shape, generator, device, dtype, x_T)
-    log_abar = torch.log(diffusion.alphas_cumprod)
-    n = shape[0]
     for i in reversed(range(diffusion.num_timesteps)):
-        t = torch.full((n,), i, dtype=torch.int64, device=device)
         if predictor == "ancestral":
-            out = diffusion.p_mean_variance(model, x, t, clip_denoised=clip_denoised)
-            x = out["mean"]
-            if i > 0:
-                x = x + torch.exp(0.5 * out["log_variance"]) * randn(shape, generator, device, dtype)
+            x = ancestral_step(diffusion, model, x, i, generator, clip_denoised)
         elif i > 0:
-            d_b = float(log_abar[i - 1] - log_abar[i])
-            score = _diffusion_score(diffusion, model, x, t)
-            x = x + d_b * (0.5 * x + score) + d_b**0.5 * randn(shape, generator, device, dtype)
+            x = score_view_step(diffusion, model, x, i, True, generator)
         else:
+            t = torch.zeros(shape[0], dtype=torch.int64, device=device)
             x = diffusion.p_mean_variance(model, x, t, clip_denoised=clip_denoised)["pred_x_start"]
         if i > 0 and corrector_steps > 0:
             x = langevin_corrector(diffusion, model, x, i - 1, corrector_steps, snr, generator)

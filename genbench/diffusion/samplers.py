@@ -52,6 +52,30 @@ def _steps(i: int, n: int, device: torch.device) -> torch.Tensor:
     return torch.full((n,), i, dtype=torch.int64, device=device)
 
 
+def ancestral_step(
+    diffusion: GaussianDiffusion, model: ModelFn, x: torch.Tensor, i: int, generator: Generators, clip_denoised: bool
+) -> torch.Tensor:
+    """x_{i-1} ~ p(x_{i-1} | x_i); at i = 0 the mean of p(x_0 | x_1)."""
+    out = diffusion.p_mean_variance(model, x, _steps(i, x.shape[0], x.device), clip_denoised=clip_denoised)
+    if i == 0:
+        return out["mean"]
+    return out["mean"] + torch.exp(0.5 * out["log_variance"]) * randn(x.shape, generator, x.device, x.dtype)
+
+
+def score_view_step(
+    diffusion: GaussianDiffusion, model: ModelFn, x: torch.Tensor, i: int, stochastic: bool, generator: Generators
+) -> torch.Tensor:
+    """One step i -> i - 1 (i >= 1) of the reverse SDE (Euler-Maruyama) or, not ``stochastic``, of the ODE."""
+    t = _steps(i, x.shape[0], x.device)
+    eps = diffusion.p_mean_variance(model, x, t, clip_denoised=False)["pred_eps"]
+    score = diffusion.score_from_eps(eps, t)
+    log_abar = torch.log(diffusion.alphas_cumprod)
+    d_b = float(log_abar[i - 1] - log_abar[i])
+    if stochastic:
+        return x + d_b * (0.5 * x + score) + d_b**0.5 * randn(x.shape, generator, x.device, x.dtype)
+    return x + 0.5 * d_b * (x + score)
+
+
 @torch.no_grad()
 def ancestral_sample(
     diffusion: GaussianDiffusion,
@@ -67,11 +91,7 @@ def ancestral_sample(
     device = torch.device(device)
     x = initial_noise(shape, generator, device, dtype, x_T)
     for i in reversed(range(diffusion.num_timesteps)):
-        t = _steps(i, shape[0], device)
-        out = diffusion.p_mean_variance(model, x, t, clip_denoised=clip_denoised)
-        x = out["mean"]
-        if i > 0:
-            x = x + torch.exp(0.5 * out["log_variance"]) * randn(shape, generator, device, dtype)
+        x = ancestral_step(diffusion, model, x, i, generator, clip_denoised)
     return x
 
 
@@ -117,16 +137,8 @@ def _score_view_sample(
 ) -> torch.Tensor:
     device = torch.device(device)
     x = initial_noise(shape, generator, device, dtype, x_T)
-    log_abar = torch.log(diffusion.alphas_cumprod)
     for i in reversed(range(1, diffusion.num_timesteps)):
-        t = _steps(i, shape[0], device)
-        eps = diffusion.p_mean_variance(model, x, t, clip_denoised=False)["pred_eps"]
-        score = diffusion.score_from_eps(eps, t)
-        d_b = float(log_abar[i - 1] - log_abar[i])
-        if stochastic:
-            x = x + d_b * (0.5 * x + score) + d_b**0.5 * randn(shape, generator, device, dtype)
-        else:
-            x = x + 0.5 * d_b * (x + score)
+        x = score_view_step(diffusion, model, x, i, stochastic, generator)
     t = _steps(0, shape[0], device)
     return diffusion.p_mean_variance(model, x, t, clip_denoised=clip_denoised)["pred_x_start"]
 
