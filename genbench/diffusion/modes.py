@@ -43,6 +43,14 @@ class Sampler(StrEnum):
     DDIM = "ddim"
     SDE = "sde"
     ODE = "ode"
+    PC = "pc"  # predictor-corrector: a reverse-process predictor + Langevin corrector steps
+
+
+class PCPredictor(StrEnum):
+    """The predictor of the ``pc`` sampler."""
+
+    SDE = "sde"  # one Euler-Maruyama step of the reverse-time SDE
+    ANCESTRAL = "ancestral"  # one ancestral (posterior) step
 
 
 def values(mode: type[StrEnum]) -> tuple[str, ...]:

@@ -9,6 +9,11 @@
   score grad log q(x_t) = -eps / sqrt(1 - abar_t). The natural time is B = -log abar: a step from t to
   s < t has dB = log(abar_s / abar_t) and reads x_s = x_t + dB (x_t / 2 + score) + sqrt(dB) z.
 * ``ode``: the probability-flow ODE of the same SDE by Euler steps, x_s = x_t + dB/2 (x_t + score).
+* ``pc``: predictor-corrector (Song et al. 2021b): a reverse-SDE or ancestral predictor step, then
+  ``corrector_steps`` Langevin steps at the new noise level with the signal-to-noise step rule
+  (:func:`genbench.diffusion.langevin.pc_sample`).
+
+Every sampler starts from ``x_T`` when it is given (e.g. a draw of the exact q_T), else from N(0, I).
 
 The SDE and ODE samplers end by denoising with the predicted x_0 at the first step.
 """
@@ -33,8 +38,43 @@ def respaced(diffusion: GaussianDiffusion, num_steps: int) -> GaussianDiffusion:
     return diffusion.respace(space_timesteps(diffusion.num_timesteps, num_steps))
 
 
+def initial_noise(
+    shape: tuple[int, ...], generator: Generators, device: torch.device, dtype: torch.dtype, x_T: torch.Tensor | None
+) -> torch.Tensor:
+    """The sampler's start: ``x_T`` when given (checked against ``shape``), else N(0, I) draws."""
+    if x_T is None:
+        return randn(shape, generator, device, dtype)
+    if tuple(x_T.shape) != tuple(shape):
+        raise ValueError(f"x_T has shape {list(x_T.shape)}, the sampler draws {list(shape)}")
+    return x_T.to(device, dtype)
+
+
 def _steps(i: int, n: int, device: torch.device) -> torch.Tensor:
     return torch.full((n,), i, dtype=torch.int64, device=device)
+
+
+def ancestral_step(
+    diffusion: GaussianDiffusion, model: ModelFn, x: torch.Tensor, i: int, generator: Generators, clip_denoised: bool
+) -> torch.Tensor:
+    """x_{i-1} ~ p(x_{i-1} | x_i); at i = 0 the mean of p(x_0 | x_1)."""
+    out = diffusion.p_mean_variance(model, x, _steps(i, x.shape[0], x.device), clip_denoised=clip_denoised)
+    if i == 0:
+        return out["mean"]
+    return out["mean"] + torch.exp(0.5 * out["log_variance"]) * randn(x.shape, generator, x.device, x.dtype)
+
+
+def score_view_step(
+    diffusion: GaussianDiffusion, model: ModelFn, x: torch.Tensor, i: int, stochastic: bool, generator: Generators
+) -> torch.Tensor:
+    """One step i -> i - 1 (i >= 1) of the reverse SDE (Euler-Maruyama) or, not ``stochastic``, of the ODE."""
+    t = _steps(i, x.shape[0], x.device)
+    eps = diffusion.p_mean_variance(model, x, t, clip_denoised=False)["pred_eps"]
+    score = diffusion.score_from_eps(eps, t)
+    log_abar = torch.log(diffusion.alphas_cumprod)
+    d_b = float(log_abar[i - 1] - log_abar[i])
+    if stochastic:
+        return x + d_b * (0.5 * x + score) + d_b**0.5 * randn(x.shape, generator, x.device, x.dtype)
+    return x + 0.5 * d_b * (x + score)
 
 
 @torch.no_grad()
@@ -46,16 +86,13 @@ def ancestral_sample(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     clip_denoised: bool = True,
+    x_T: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """x_T ~ N(0, I), then x_{t-1} = mean + sigma z for every step of ``diffusion``; the last step returns the mean."""
+    """x_T ~ N(0, I) (or the given ``x_T``), then x_{t-1} = mean + sigma z for every step of ``diffusion``; the last step returns the mean."""
     device = torch.device(device)
-    x = randn(shape, generator, device, dtype)
+    x = initial_noise(shape, generator, device, dtype, x_T)
     for i in reversed(range(diffusion.num_timesteps)):
-        t = _steps(i, shape[0], device)
-        out = diffusion.p_mean_variance(model, x, t, clip_denoised=clip_denoised)
-        x = out["mean"]
-        if i > 0:
-            x = x + torch.exp(0.5 * out["log_variance"]) * randn(shape, generator, device, dtype)
+        x = ancestral_step(diffusion, model, x, i, generator, clip_denoised)
     return x
 
 
@@ -69,12 +106,13 @@ def ddim_sample(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     clip_denoised: bool = True,
+    x_T: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """DDIM: x_s = sqrt(abar_s) x0 + sqrt(1 - abar_s - sigma^2) eps + sigma z over the steps of ``diffusion``."""
     if eta < 0:
         raise ValueError(f"ddim eta must be >= 0, got {eta}")
     device = torch.device(device)
-    x = randn(shape, generator, device, dtype)
+    x = initial_noise(shape, generator, device, dtype, x_T)
     for i in reversed(range(diffusion.num_timesteps)):
         t = _steps(i, shape[0], device)
         out = diffusion.p_mean_variance(model, x, t, clip_denoised=clip_denoised)
@@ -96,19 +134,12 @@ def _score_view_sample(
     device: torch.device | str,
     dtype: torch.dtype,
     clip_denoised: bool,
+    x_T: torch.Tensor | None = None,
 ) -> torch.Tensor:
     device = torch.device(device)
-    x = randn(shape, generator, device, dtype)
-    log_abar = torch.log(diffusion.alphas_cumprod)
+    x = initial_noise(shape, generator, device, dtype, x_T)
     for i in reversed(range(1, diffusion.num_timesteps)):
-        t = _steps(i, shape[0], device)
-        eps = diffusion.p_mean_variance(model, x, t, clip_denoised=False)["pred_eps"]
-        score = diffusion.score_from_eps(eps, t)
-        d_b = float(log_abar[i - 1] - log_abar[i])
-        if stochastic:
-            x = x + d_b * (0.5 * x + score) + d_b**0.5 * randn(shape, generator, device, dtype)
-        else:
-            x = x + 0.5 * d_b * (x + score)
+        x = score_view_step(diffusion, model, x, i, stochastic, generator)
     t = _steps(0, shape[0], device)
     return diffusion.p_mean_variance(model, x, t, clip_denoised=clip_denoised)["pred_x_start"]
 
@@ -122,9 +153,10 @@ def sde_sample(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     clip_denoised: bool = True,
+    x_T: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Reverse-time VP SDE by Euler-Maruyama over the steps of ``diffusion``."""
-    return _score_view_sample(diffusion, model, shape, True, generator, device, dtype, clip_denoised)
+    return _score_view_sample(diffusion, model, shape, True, generator, device, dtype, clip_denoised, x_T)
 
 
 @torch.no_grad()
@@ -136,9 +168,10 @@ def ode_sample(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     clip_denoised: bool = True,
+    x_T: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Probability-flow ODE by Euler steps over the steps of ``diffusion`` (random only through x_T)."""
-    return _score_view_sample(diffusion, model, shape, False, generator, device, dtype, clip_denoised)
+    return _score_view_sample(diffusion, model, shape, False, generator, device, dtype, clip_denoised, x_T)
 
 
 def sample(
@@ -152,17 +185,30 @@ def sample(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     clip_denoised: bool = True,
+    x_T: torch.Tensor | None = None,
+    pc_predictor: str = "sde",
+    pc_corrector_steps: int = 1,
+    pc_snr: float = 0.16,
 ) -> torch.Tensor:
-    """Draw ``shape`` samples in model space with ``sampler`` on ``num_steps`` evenly spaced steps."""
-    sampler = parse(Sampler, sampler, "sampler")
+    """Draw ``shape`` samples in model space with ``sampler`` on ``num_steps`` evenly spaced steps.
+
+    ``pc_predictor``, ``pc_corrector_steps`` and ``pc_snr`` configure the ``pc`` sampler only.
+    """
+    sampler = Sampler(parse(Sampler, sampler, "sampler"))
     process = respaced(diffusion, num_steps)
-    kwargs = {"generator": generator, "device": device, "dtype": dtype, "clip_denoised": clip_denoised}
+    kwargs = {"generator": generator, "device": device, "dtype": dtype, "clip_denoised": clip_denoised, "x_T": x_T}
     if sampler == Sampler.DDIM:  # the one sampler with a stochasticity knob
         kwargs["eta"] = eta
-    return SAMPLER_FUNCTIONS[Sampler(sampler)](process, model, shape, **kwargs)
+    if sampler == Sampler.PC:
+        from genbench.diffusion.langevin import pc_sample  # langevin builds on this module's samplers
+
+        return pc_sample(process, model, shape, predictor=pc_predictor, corrector_steps=pc_corrector_steps,
+                         snr=pc_snr, **kwargs)
+    return SAMPLER_FUNCTIONS[sampler](process, model, shape, **kwargs)
 
 
-# One entry per sampler: function(process, model, shape, *, generator, device, dtype, clip_denoised, ...).
+# One entry per single-pass sampler: function(process, model, shape, *, generator, device, dtype, clip_denoised,
+# x_T, ...); the predictor-corrector sampler composes these and lives in langevin.py.
 SAMPLER_FUNCTIONS = {
     Sampler.ANCESTRAL: ancestral_sample,
     Sampler.DDIM: ddim_sample,

@@ -35,7 +35,8 @@ import torch
 from genbench.data.transforms import to_model_space, to_pixels
 from genbench.diffusion import GaussianDiffusion, make_betas
 from genbench.diffusion import sample as diffusion_sample
-from genbench.diffusion.modes import LikelihoodEstimator, LossType, Sampler, parse
+from genbench.diffusion.langevin import pc_network_evaluations
+from genbench.diffusion.modes import LikelihoodEstimator, LossType, PCPredictor, Sampler, parse
 from genbench.metrics.likelihood import bpd
 from genbench.models.base import LIKELIHOOD_BOUND, GenerativeModel, LikelihoodUnavailable, eval_mode
 from genbench.models.schedules import ema_decay_at, ema_update, linear_warmup
@@ -70,7 +71,10 @@ class DDPM(GenerativeModel):
         ema_decay: decay of the EMA weights; with ``ema_warmup`` the decay at step n is
             min(ema_decay, (1 + n) / (10 + n)), so short runs are not dominated by the initial weights.
         use_ema: sample and score with the EMA weights (else the trained ones).
-        sampler, sampling_steps, ddim_eta: how :meth:`sample` draws (``ancestral``, ``ddim``, ``sde``, ``ode``).
+        sampler, sampling_steps, ddim_eta: how :meth:`sample` draws (``ancestral``, ``ddim``, ``sde``, ``ode``,
+            ``pc``).
+        pc_predictor, pc_corrector_steps, pc_snr: the ``pc`` sampler's predictor (``sde`` or ``ancestral``),
+            Langevin corrector steps per step and signal-to-noise ratio r (Song et al. 2021b).
         likelihood_estimator, likelihood_timesteps: ``exact``, ``sampled`` or ``stratified`` with K timesteps.
         likelihood_seed: seed of the bound's Monte Carlo draws.
         val_bpd_images, val_bpd_timesteps: the cheap ``val/bpd`` (stratified estimator) on the first images
@@ -113,6 +117,9 @@ class DDPM(GenerativeModel):
         sampler: str = "ddim",
         sampling_steps: int = 50,
         ddim_eta: float = 0.0,
+        pc_predictor: str = "sde",
+        pc_corrector_steps: int = 1,
+        pc_snr: float = 0.16,
         likelihood_estimator: str = "stratified",
         likelihood_timesteps: int = 16,
         likelihood_seed: int = 0,
@@ -129,6 +136,9 @@ class DDPM(GenerativeModel):
         parse(Sampler, sampler, "sampler")
         if sampling_steps < 1:
             raise ValueError(f"sampling_steps must be >= 1, got {sampling_steps}")
+        parse(PCPredictor, pc_predictor, "pc_predictor")
+        if pc_corrector_steps < 0 or not pc_snr > 0:
+            raise ValueError(f"need pc_corrector_steps >= 0 and pc_snr > 0, got {pc_corrector_steps} and {pc_snr}")
         parse(LikelihoodEstimator, likelihood_estimator, "likelihood_estimator")
         if likelihood_timesteps < 1 or val_bpd_timesteps < 1:
             raise ValueError("likelihood_timesteps and val_bpd_timesteps must be >= 1")
@@ -287,6 +297,9 @@ class DDPM(GenerativeModel):
                     num_steps=self.hparams.sampling_steps,
                     eta=self.hparams.ddim_eta,
                     generator=generator,
+                    pc_predictor=self.hparams.pc_predictor,
+                    pc_corrector_steps=self.hparams.pc_corrector_steps,
+                    pc_snr=self.hparams.pc_snr,
                     device=self.device,
                     clip_denoised=self.hparams.clip_denoised,
                 )
@@ -359,8 +372,13 @@ class DDPM(GenerativeModel):
         }
         if self.hparams.sampler == Sampler.DDIM:
             info["eta"] = self.hparams.ddim_eta
+        evaluations_per_pass = info["steps"]
+        if self.hparams.sampler == Sampler.PC:
+            info.update(predictor=self.hparams.pc_predictor, corrector="langevin",
+                        corrector_steps=self.hparams.pc_corrector_steps, snr=self.hparams.pc_snr)
+            evaluations_per_pass = pc_network_evaluations(info["steps"], self.hparams.pc_corrector_steps)
         if self.hparams.class_conditional:
             info.update(labels="uniform", guidance_scale=self.hparams.guidance_scale)
         guided = self.hparams.class_conditional and self.hparams.guidance_scale != 1.0
-        info["network_evaluations"] = info["steps"] * (2 if guided else 1)  # guidance adds an unconditional pass
+        info["network_evaluations"] = evaluations_per_pass * (2 if guided else 1)  # guidance adds an unconditional pass
         return info
