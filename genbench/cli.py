@@ -15,6 +15,7 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test")
 EXTRA_COMMANDS = {
     "bench": "fit + evaluate one model on one dataset/profile, write the result record, refresh the leaderboard",
     "leaderboard": "rebuild benchmarks/leaderboard.md and leaderboard.html from the result records",
+    "restore": "zero-shot restoration (inpainting, super-resolution, denoising, deblurring) with a DDPM checkpoint",
 }
 
 USAGE = """usage: python -m genbench <command> [options]
@@ -99,6 +100,10 @@ def main(argv: list[str] | None = None) -> None:
         from genbench.bench.leaderboard import main as leaderboard_main
 
         raise SystemExit(leaderboard_main(argv[1:]))
+    if command == "restore":
+        from genbench.restoration.cli import main as restore_main
+
+        raise SystemExit(restore_main(argv[1:]))
     if command in LIGHTNING_COMMANDS:
         try:
             make_cli(None if from_command_line else argv)

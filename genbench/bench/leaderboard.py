@@ -503,8 +503,11 @@ def build(results_dir: Path, out_dir: Path, reference_file: Path | None = None) 
     # cannot overwrite a newer leaderboard after it.
     with file_lock(Path(out_dir) / ".leaderboard.lock"):
         tables = build_tables(Path(results_dir), reference_file)
-        atomic_write_text(md, render_markdown(tables))
-        atomic_write_text(page, render_html(tables, Path(results_dir)))
+        from genbench.restoration.report import restoration_html, restoration_markdown
+
+        atomic_write_text(md, render_markdown(tables) + restoration_markdown(Path(results_dir), Path(out_dir)))
+        page_html = render_html(tables, Path(results_dir))
+        atomic_write_text(page, page_html.replace("</body></html>", restoration_html(Path(results_dir)) + "</body></html>"))
     return [md, page]
 
 
