@@ -86,6 +86,7 @@ def load_ddpm(checkpoint: Path) -> tuple[Any, Any, dict[str, Any]]:
     datamodule.setup("test")
     provenance = {"path": str(checkpoint), "sha256": file_sha256(checkpoint),
                   "global_step": int(state.get("global_step", 0)),
+                  "train_images_seen": ((state.get("callbacks") or {}).get("TrainingBudget") or {}).get("images"),
                   "trained_by": (state.get("genbench_provenance") or {}).get("history", [])}
     return model, datamodule, provenance
 
