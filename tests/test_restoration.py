@@ -13,7 +13,7 @@ import torch
 from genbench.diffusion import GaussianDiffusion, make_betas
 from genbench.diffusion.samplers import sample as plain_sample
 from genbench.restoration.classical import harmonic_fill
-from genbench.restoration.ddnm import ddnm_sample
+from genbench.restoration.ddnm import ddnm_sample, network_evaluations, travel_levels
 from genbench.restoration.operators import TASKS, AveragePool, Blur, Identity, Mask, measure
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,6 +124,21 @@ def test_ddnm_plus_keeps_the_noise_level_of_a_pure_noise_measurement():
                       sigma_y=0.5, generator=torch.Generator().manual_seed(1))
     assert float((out - y).abs().mean()) > 0.05  # not a copy of y
     assert float(out.std()) < float(y.std())
+
+
+def test_time_travel_schedule_and_its_consistency():
+    assert travel_levels(4) == [3, 2, 1, 0, -1]
+    assert travel_levels(6, 2, 1) == [5, 4, 3, 2, 3, 4, 3, 2, 1, 0, 1, 2, 1, 0, -1]
+    assert network_evaluations(6, 2, 1) == 6 + 2 * 2 and network_evaluations(50, 5, 2) == 50 + 9 * 5 * 2
+    diffusion, model = tiny_diffusion()
+    x = torch.rand(3, 1, 28, 28) * 2 - 1
+    op = AveragePool(2)
+    y = op.A(x)
+    out = ddnm_sample(diffusion, model, op, y, (3, 1, 28, 28), sampler="ancestral", num_steps=8, travel_length=3,
+                      travel_repeat=2, generator=torch.Generator().manual_seed(0))
+    assert float((op.A(out) - y).abs().max()) < 1e-5
+    with pytest.raises(ValueError, match="time-travel"):
+        travel_levels(5, -1)
 
 
 def test_noisy_measurements_refuse_a_deterministic_sampler():

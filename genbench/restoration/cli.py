@@ -17,9 +17,10 @@ from typing import Any
 
 import torch
 
-from genbench.restoration.ddnm import RESTORE_SAMPLERS, check_sampler
+from genbench.data.sources import sha256_file as file_sha256
+from genbench.restoration.ddnm import RESTORE_SAMPLERS, check_sampler, network_evaluations, travel_levels
 from genbench.restoration.operators import TASKS
-from genbench.restoration.run import METHODS, RestorationError, file_sha256, restore_task
+from genbench.restoration.run import METHODS, RestorationError, restore_task
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RUN_DIR_PATTERN = re.compile(r"(?P<data>[^/]+)/(?P<profile>[^/]+)/(?P<model>[^/]+)/seed(?P<seed>\d+)/checkpoints/[^/]+$")
@@ -35,6 +36,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--eta", type=float, default=0.85, help="DDIM eta (default 0.85, as DDNM; > 0 for noisy y)")
     p.add_argument("--sigma-y", type=float, default=None,
                    help="measurement noise std in model space [-1, 1] (default: the task's, 0 except denoise 0.2)")
+    p.add_argument("--travel-length", type=int, default=0,
+                   help="DDNM time-travel: go back up this many steps at every multiple of it (default 0 = off)")
+    p.add_argument("--travel-repeat", type=int, default=1, help="how often each time-travel is repeated (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of masks, measurement noise and sampler noise")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--results-dir", type=Path, default=REPO_ROOT / "benchmarks" / "results")
@@ -111,6 +115,10 @@ def _main(args: argparse.Namespace) -> int:
     tasks = task_list(args.task)  # every input is checked before any work
     if args.steps < 1 or args.batch_size < 1:
         raise RestorationError(f"--steps and --batch-size must be >= 1, got {args.steps} and {args.batch_size}")
+    try:
+        travel_levels(1, args.travel_length, args.travel_repeat)
+    except ValueError as err:
+        raise RestorationError(f"--travel-length/--travel-repeat: {err}") from None
     for name in tasks:
         try:
             check_sampler(args.sampler, args.eta, task(name).sigma_y if args.sigma_y is None else args.sigma_y)
@@ -129,7 +137,8 @@ def _main(args: argparse.Namespace) -> int:
     for task_name in tasks:
         t0 = time.perf_counter()
         section, images = restore_task(model, datamodule, task_name, args.n, steps, args.sampler, args.eta,
-                                       args.sigma_y, args.seed, args.batch_size, extractor, shared)
+                                       args.sigma_y, args.seed, args.batch_size, extractor, shared,
+                                       travel=(args.travel_length, args.travel_repeat))
         record_id = f"{name}-{task_name}"
         figure = save_restoration_figure(images, out_dir / "figures" / f"{record_id}.png", model.num_levels,
                                          title=f"{record_id}: {section['summary']}")
@@ -137,9 +146,13 @@ def _main(args: argparse.Namespace) -> int:
             "kind": "restoration", "record_id": record_id, "run": name, "dataset": datamodule.dataset,
             **section,
             "sampler": {"name": args.sampler, "steps": steps, "eta": args.eta if args.sampler == "ddim" else None,
-                        "T": model.diffusion.num_timesteps, "network_evaluations": steps, "ema": model.hparams.use_ema,
+                        "T": model.diffusion.num_timesteps,
+                        "network_evaluations": network_evaluations(steps, args.travel_length, args.travel_repeat),
+                        "ema": model.hparams.use_ema,
                         "clip_denoised": bool(model.hparams.clip_denoised),
-                        "rectification": "DDNM+" if section["sigma_y"] > 0 else "DDNM", "time_travel": False},
+                        "rectification": "DDNM+" if section["sigma_y"] > 0 else "DDNM",
+                        "time_travel": ({"length": args.travel_length, "repeat": args.travel_repeat}
+                                        if args.travel_length else None)},
             "checkpoint": provenance, "wall_time_s": time.perf_counter() - t0,
             "torch_threads": torch.get_num_threads(), "environment": environment(),
             "figure": str(figure.relative_to(out_dir)),

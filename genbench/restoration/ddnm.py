@@ -14,8 +14,13 @@ scale a_t λ_t, where a_t is the weight of x_0 in the next-step mean. λ_t = 1 w
 sigma_t can absorb it (sigma_t >= a_t g sigma_y, g = the largest singular value of A⁺), else
 λ_t = sigma_t / (a_t g sigma_y); the fresh noise is reduced to sqrt(sigma_t² - (a_t λ_t g sigma_y)²), so the
 total noise of x_{t-1} is what the sampler expects. A deterministic step (DDIM eta = 0) has no noise to trade,
-so noisy y needs ancestral steps or DDIM with eta > 0. Time-travel (the paper's repeated back-and-forth
-sampling) is not implemented.
+so noisy y needs ancestral steps or DDIM with eta > 0.
+
+Time-travel (the paper's section 3.3, RePaint's jump schedule): with ``travel_length`` L > 0, every time the
+sampler reaches a level that is a multiple of L it goes back up L levels by the forward process
+(x_{j+1} = sqrt(1 - beta_{j+1}) x_j + sqrt(beta_{j+1}) z) and comes down again, ``travel_repeat`` times, so
+the measurement's information spreads to the null space through more network evaluations
+(:func:`travel_levels`).
 
 ``rectify=False`` runs the unmodified sampler with the same random draws (its outputs equal
 :func:`genbench.diffusion.samplers.sample`), the baseline that shows what the rectification adds.
@@ -45,6 +50,35 @@ def check_sampler(sampler: str, eta: float, sigma_y: float) -> None:
                          "or --eta > 0 (e.g. 0.85)")
 
 
+def travel_levels(num_steps: int, length: int = 0, repeat: int = 1) -> list[int]:
+    """The noise levels the sampler visits, from ``num_steps - 1`` (x_T) down to -1 (the output).
+
+    Without time-travel (``length`` 0) it is num_steps - 1, ..., 0, -1. Otherwise each level j = 0, L, 2L, ...
+    with j + L <= num_steps - 1 is followed ``repeat`` times by L steps back up (RePaint's schedule).
+    """
+    if length < 0 or repeat < 1:
+        raise ValueError(f"time-travel needs length >= 0 and repeat >= 1, got {length} and {repeat}")
+    if length == 0:
+        return list(range(num_steps - 1, -2, -1))
+    remaining = {j: repeat for j in range(0, num_steps - length, length)}
+    level, out = num_steps - 1, [num_steps - 1]
+    while level > -1:
+        level -= 1
+        out.append(level)
+        if remaining.get(level, 0) > 0:
+            remaining[level] -= 1
+            for _ in range(length):
+                level += 1
+                out.append(level)
+    return out
+
+
+def network_evaluations(num_steps: int, length: int = 0, repeat: int = 1) -> int:
+    """Network calls per image of :func:`ddnm_sample`: one per downward step."""
+    levels = travel_levels(num_steps, length, repeat)
+    return sum(1 for a, b in zip(levels[:-1], levels[1:], strict=True) if b < a)
+
+
 @torch.no_grad()
 def ddnm_sample(
     diffusion: GaussianDiffusion,
@@ -61,6 +95,8 @@ def ddnm_sample(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     clip_denoised: bool = True,
+    travel_length: int = 0,
+    travel_repeat: int = 1,
 ) -> torch.Tensor:
     """Restore ``shape`` images from measurements ``y`` with ``sampler`` on ``num_steps`` evenly spaced steps.
 
@@ -72,7 +108,12 @@ def ddnm_sample(
     y = y.to(device, dtype)
     gain = operator.noise_gain()
     x = randn(shape, generator, device, dtype)
-    for i in reversed(range(process.num_timesteps)):
+    levels = travel_levels(process.num_timesteps, travel_length, travel_repeat)
+    for i, nxt in zip(levels[:-1], levels[1:], strict=True):
+        if nxt > i:  # time-travel: one forward step of the (respaced) process
+            beta = float(process.betas[nxt])
+            x = (1.0 - beta) ** 0.5 * x + beta**0.5 * randn(shape, generator, device, dtype)
+            continue
         t = torch.full((shape[0],), i, dtype=torch.int64, device=device)
         out = process.p_mean_variance(model, x, t, clip_denoised=clip_denoised)
         x0 = out["pred_x_start"]

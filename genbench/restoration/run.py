@@ -18,9 +18,7 @@ Every image draws its sampler noise from its own generator, so the results do no
 
 from __future__ import annotations
 
-import hashlib
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -65,11 +63,13 @@ def score(restored: torch.Tensor, truth_pixels: torch.Tensor, operator: Operator
 
 def restore_task(model: Any, datamodule: Any, task_name: str, n: int, steps: int, sampler: str, eta: float,
                  sigma_y: float | None, seed: int, batch_size: int, extractor: Any,
-                 shared: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+                 shared: dict[str, Any] | None = None,
+                 travel: tuple[int, int] = (0, 1)) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Run every method on one task; returns (the record's ``task`` section, images for the figure).
 
     ``shared`` caches the ``sampler_only`` restorations (they do not depend on the task) between tasks of
-    one invocation with the same n, steps, sampler, eta and seed.
+    one invocation with the same n, steps, sampler, eta, seed and time-travel. ``travel`` = (length, repeat)
+    of DDNM's time-travel, applied to both sampler runs (length 0: none).
     """
     from genbench.metrics.fidelity import fid_from_features
 
@@ -98,13 +98,14 @@ def restore_task(model: Any, datamodule: Any, task_name: str, n: int, steps: int
             with torch.autocast(device_type="cpu", enabled=False):
                 outs.append(ddnm_sample(model.diffusion, fn, operator.rows(sl), y[sl], (sl.stop - s, *shape),
                                         sampler=sampler, num_steps=steps, eta=eta, sigma_y=sigma, rectify=rectify,
-                                        generator=gens[sl], clip_denoised=clip))
+                                        generator=gens[sl], clip_denoised=clip, travel_length=travel[0],
+                                        travel_repeat=travel[1]))
         return torch.cat(outs), (time.perf_counter() - t0) / n
 
     restored: dict[str, torch.Tensor] = {}
     seconds: dict[str, float] = {}
     restored["ddnm"], seconds["ddnm"] = sample(True)
-    key = f"{n}-{steps}-{sampler}-{eta}-{seed}"
+    key = f"{n}-{steps}-{sampler}-{eta}-{seed}-{travel}"
     if shared is not None and key in shared:
         restored["sampler_only"], seconds["sampler_only"] = shared[key]
     else:
@@ -150,10 +151,3 @@ def restore_task(model: Any, datamodule: Any, task_name: str, n: int, steps: int
         figure["mask"] = operator.mask
     return section, figure
 
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
