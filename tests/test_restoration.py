@@ -126,6 +126,19 @@ def test_ddnm_plus_keeps_the_noise_level_of_a_pure_noise_measurement():
     assert float(out.std()) < float(y.std())
 
 
+def test_per_image_generators_make_restorations_independent_of_the_batching():
+    from genbench.restoration.run import image_generators
+
+    diffusion, model = tiny_diffusion()
+    op = Mask.random(4, 28, 28, 0.5, torch.Generator().manual_seed(0))
+    y = op.A(torch.rand(4, 1, 28, 28) * 2 - 1)
+    whole = ddnm_sample(diffusion, model, op, y, (4, 1, 28, 28), num_steps=6, generator=image_generators(0, 4))
+    gens = image_generators(0, 4)
+    halves = [ddnm_sample(diffusion, model, op.rows(slice(s, s + 2)), y[s:s + 2], (2, 1, 28, 28), num_steps=6,
+                          generator=gens[s:s + 2]) for s in (0, 2)]
+    torch.testing.assert_close(torch.cat(halves), whole, atol=1e-5, rtol=0)
+
+
 def test_time_travel_schedule_and_its_consistency():
     assert travel_levels(4) == [3, 2, 1, 0, -1]
     assert travel_levels(6, 2, 1) == [5, 4, 3, 2, 3, 4, 3, 2, 1, 0, 1, 2, 1, 0, -1]
