@@ -227,6 +227,7 @@ def _restore_in_process(args, capsys):
     (["--task", "paint"], "unknown --task 'paint'"),
     (["--task", "denoise", "--eta", "0"], "stochastic steps"),
     (["--task", "sr4", "--steps", "0"], "--steps and --batch-size must be >= 1"),
+    (["--task", "sr2", "--n", "6000"], "--n must be in 2..5000"),
 ])
 def test_restore_bad_input_is_a_clear_error(args, message, tmp_path, capsys):
     code, err = _restore_in_process(["--checkpoint", str(tmp_path / "missing.ckpt"), *args], capsys)

@@ -20,7 +20,7 @@ import torch
 from genbench.data.sources import sha256_file as file_sha256
 from genbench.restoration.ddnm import RESTORE_SAMPLERS, check_sampler, network_evaluations, travel_levels
 from genbench.restoration.operators import TASKS
-from genbench.restoration.run import METHODS, RestorationError, restore_task
+from genbench.restoration.run import METHODS, REFERENCE_START, RestorationError, restore_task
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RUN_DIR_PATTERN = re.compile(r"(?P<data>[^/]+)/(?P<profile>[^/]+)/(?P<model>[^/]+)/seed(?P<seed>\d+)/checkpoints/[^/]+$")
@@ -113,6 +113,9 @@ def _main(args: argparse.Namespace) -> int:
     from genbench.restoration.operators import task
 
     tasks = task_list(args.task)  # every input is checked before any work
+    if not 2 <= args.n <= REFERENCE_START:
+        raise RestorationError(f"--n must be in 2..{REFERENCE_START} (the test images after that are the real "
+                               f"reference of the domain FD), got {args.n}")
     if args.steps < 1 or args.batch_size < 1:
         raise RestorationError(f"--steps and --batch-size must be >= 1, got {args.steps} and {args.batch_size}")
     try:
