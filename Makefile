@@ -12,11 +12,14 @@ SEED ?= 0
 DEVICES ?= auto
 PRECISION ?=
 BENCH_ARGS ?=
+TASK ?= all
+RESTORE_ARGS ?=
+RESTORE_CKPT = runs/$(DATA)/$(PROFILE)/$(MODEL)/seed$(SEED)/checkpoints/last.ckpt
 
 export WANDB_SILENT ?= true
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all bench bench-all leaderboard perf lint clean
+.PHONY: help install test test-all bench bench-all restore leaderboard perf lint clean
 
 help: ## List the targets and the variables they take
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}'
@@ -43,6 +46,11 @@ bench: install ## Fit + evaluate MODEL on DATA with PROFILE, write the record an
 
 bench-all: install ## Run `make bench` for every family
 	for m in ddpm vae realnvp gan; do $(MAKE) --no-print-directory bench MODEL=$$m || exit 1; done
+
+restore: install ## Zero-shot restoration (TASK=inpaint_box|inpaint_50|inpaint_80|sr2|sr4|denoise|blur|all) with the DDPM of DATA/PROFILE, trained by `make bench` if absent
+	@test "$(MODEL)" = ddpm || { echo "make restore: MODEL=$(MODEL) has no diffusion prior; restoration needs MODEL=ddpm" >&2; exit 2; }
+	test -f $(RESTORE_CKPT) || $(MAKE) --no-print-directory bench MODEL=$(MODEL) DATA=$(DATA) PROFILE=$(PROFILE) SEED=$(SEED)
+	$(PY) -m genbench restore --checkpoint $(RESTORE_CKPT) --task $(TASK) $(RESTORE_ARGS)
 
 leaderboard: install ## Rebuild benchmarks/leaderboard.md and leaderboard.html from the result records
 	$(PY) -m genbench leaderboard

@@ -25,6 +25,8 @@ COMMANDS: dict[str, Command] = {
                      "fit + evaluate one model on one dataset/profile, write the result record, refresh the leaderboard"),
     "leaderboard": Command("genbench.bench.leaderboard:main",
                            "rebuild benchmarks/leaderboard.md and leaderboard.html from the result records"),
+    "restore": Command("genbench.restoration.cli:main",
+                       "zero-shot restoration (inpainting, super-resolution, denoising, deblurring) with a DDPM checkpoint"),
 }
 
 USAGE = """usage: python -m genbench <command> [options]

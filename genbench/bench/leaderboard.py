@@ -23,6 +23,7 @@ from genbench import paths
 from genbench.bench.record import ResultRecord, atomic_write_text, load_records
 from genbench.io import file_lock
 from genbench.metrics import table as T
+from genbench.restoration.report import restoration_html, restoration_markdown
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _BOARD = T.leaderboard_metrics()
@@ -502,8 +503,9 @@ def build(results_dir: Path, out_dir: Path, reference_file: Path | None = None) 
     # cannot overwrite a newer leaderboard after it.
     with file_lock(Path(out_dir) / ".leaderboard.lock"):
         tables = build_tables(Path(results_dir), reference_file)
-        atomic_write_text(md, render_markdown(tables))
-        atomic_write_text(page, render_html(tables, Path(results_dir)))
+        atomic_write_text(md, render_markdown(tables) + restoration_markdown(Path(results_dir), Path(out_dir)))
+        page_html = render_html(tables, Path(results_dir))
+        atomic_write_text(page, page_html.replace("</body></html>", restoration_html(Path(results_dir)) + "</body></html>"))
     return [md, page]
 
 

@@ -1,0 +1,1 @@
+"""Zero-shot image restoration with a trained diffusion model (DDNM): operators, sampler, benchmark."""
