@@ -18,6 +18,8 @@
   (:mod:`genbench.metrics.domain`): Fréchet distance, its real-vs-real floor, and the total-variation
   distance between predicted-class histograms with the number of classes covered.
 * ``memorization``: nearest-training-image L2 distances of samples against those of as many test images.
+* ``extraction_rate``: share of the same samples flagged as copies of a training image (calibrated nearest
+  neighbour criterion, threshold chosen on validation images; :mod:`genbench.metrics.extraction`).
 * ``sampling``: images/s of ``model.sample`` with the sampler's own description.
 
 Sample protocol (seeded, rank-aware): ``n = max(num_samples, memorization_samples)`` samples are drawn in
@@ -43,6 +45,7 @@ from genbench.bench.config import EvalConfig
 from genbench.metrics import fidelity
 from genbench.metrics import names as N
 from genbench.metrics.likelihood import bpd, mean_and_stderr
+from genbench.metrics.extraction import extraction_suite
 from genbench.metrics.memorization import memorization_report
 from genbench.models.base import LikelihoodUnavailable
 
@@ -380,6 +383,9 @@ def evaluate(
                 train_x, test_x = datamodule.split("train")[0], datamodule.split("test")[0]
                 result[N.MEMORIZATION] = memorization_report(samples[:n_memo], train_x, test_x[:n_memo],
                                                              model.num_levels, progress)
+            if n_memo > 0:  # training-data extraction, its own suite (genbench.metrics.extraction)
+                result.update(extraction_suite(samples[:n_memo], datamodule, domain="domain" in cfg.sample_metrics,
+                                               domain_cache_dir=None if cache_dir is None else Path(cache_dir) / "domain"))
         if images and cfg.sampler_steps_sweep and cfg.num_samples > 0 and "fid" in cfg.sample_metrics:
             sweep = _fid_vs_steps(model, datamodule, cfg, ranks, progress, feature_extractor, inception_weights,
                                   cache_dir)

@@ -26,13 +26,15 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 LOWER_IS_BETTER = {"bpd": True, "fid": True, "kid": True, "precision": False, "recall": False, "domain_fd": True,
                    "class_coverage": True}
 COLUMNS = ["source", "family", "model", "bpd", "fid", "kid", "precision", "recall", "domain_fd", "class_coverage",
-           "params", "train_time", "train_pflop", "train_images_per_s", "sample_images_per_s", "seeds"]
+           "extraction_rate", "params", "train_time", "train_pflop", "train_images_per_s", "sample_images_per_s", "seeds"]
 HEADERS = {"source": "", "family": "family", "model": "model", "bpd": "bits/dim", "fid": "FID", "kid": "KID",
            "precision": "precision", "recall": "recall", "domain_fd": "FD classifier†", "class_coverage": "class TV†",
+           "extraction_rate": "extraction rate",
            "params": "params", "train_time": "train time", "train_pflop": "train PFLOP",
            "train_images_per_s": "train img/s",
            "sample_images_per_s": "sample img/s", "seeds": "seeds"}
-DIGITS = {"bpd": 3, "precision": 3, "recall": 3, "kid": 4, "fid": 1, "domain_fd": 1, "class_coverage": 3}
+DIGITS = {"bpd": 3, "precision": 3, "recall": 3, "kid": 4, "fid": 1, "domain_fd": 1, "class_coverage": 3,
+          "extraction_rate": 3}
 
 
 def _value(record: ResultRecord, key: str) -> float | None:
@@ -122,6 +124,13 @@ def extractor_flags(records: list[ResultRecord]) -> dict[str, str]:
     return {model: " ⚠ extractor " + "/".join(sorted(s[:8] for s in found)) for model, found in shas.items()}
 
 
+def extraction_flag(rate: float, m: dict[str, Any]) -> str:
+    """The extraction-rate cell's suffix: n, and a warning when the row copies its training data."""
+    limit = m.get("not_generalising_above", 0.05)
+    warn = " ⚠ copies training data: not generalising" if rate > limit else ""
+    return f" (n={m.get('n')}, k={m.get('k')}){warn}"
+
+
 def table_rows(records: list[ResultRecord]) -> list[dict[str, Any]]:
     """genbench's rows for one dataset x profile: one per model, aggregated over seeds."""
     flags = extractor_flags(records)
@@ -147,6 +156,8 @@ def table_rows(records: list[ResultRecord]) -> list[dict[str, Any]]:
                 text += f" @{m.get('n')} vs {m.get('reference_split')}" + flags.get(model, "")
             if key == "class_coverage" and mean is not None:
                 text += f" ({m.get('classes_covered')}/{m.get('num_classes')} classes)"
+            if key == "extraction_rate" and mean is not None:  # genbench.metrics.extraction
+                text += extraction_flag(mean, m)
             if key == "bpd" and m.get("available") is False:
                 text = "n/a (no density)"
             row[key] = text
