@@ -27,8 +27,8 @@ the CPU, ``query_batch`` queries x ``reference_chunk`` training images per matri
 top-k; the k distances found are then recomputed directly (``|q - r|``) so that an exact copy reports 0.
 Hand-written rather than a library index (faiss, sklearn) because those are either approximate or hold the
 whole N x M distance matrix. Cost: ``2 * (n_queries) * n_train * D`` FLOP; measured on this project's CPU
-at one thread, 1500 queries (500 samples + 1000 held-out) against the 55 000 MNIST training images take
-about 10 s (``benchmarks/extraction_control.md`` gives the measured figure with its command).
+at one thread, 1500 queries (500 samples + 1000 held-out) against the 55 000 MNIST training images took
+16-44 s on a shared, loaded 2-core machine (``benchmarks/extraction_control.md``, with its command).
 """
 
 from __future__ import annotations
