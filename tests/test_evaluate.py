@@ -163,6 +163,9 @@ def test_evaluate_model_without_likelihood_and_memoriser(digits, tmp_path):
     assert out[N.BPD] == {"available": False, "reason": "CopyModel defines no density"}
     memo = out[N.MEMORIZATION]
     assert memo["exact_copies"] == 32 and memo["ratio"] == 0.0 and memo["mean_nn_l2_test"] > 0
+    extraction = out["extraction_rate"]  # the planted control through the harness: every sample flagged
+    assert extraction["value"] == 1.0 and extraction["n"] == 32 and extraction["generalising"] is False
+    assert extraction["n_reference"] == len(digits.split("train")[0]) and "domain" not in extraction
     assert N.KID not in out and N.PRECISION not in out
     assert out[N.FID_FLOOR]["train_range"] == [32, 64]  # disjoint from the train reference images
 

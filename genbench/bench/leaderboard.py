@@ -123,6 +123,13 @@ def extractor_flags(records: list[ResultRecord]) -> dict[str, str]:
     return {model: " ⚠ extractor " + "/".join(sorted(s[:8] for s in found)) for model, found in shas.items()}
 
 
+def extraction_flag(rate: float, m: dict[str, Any]) -> str:
+    """The extraction-rate cell's suffix: n, and a warning when the row copies its training data."""
+    limit = m.get("not_generalising_above", 0.05)
+    warn = " ⚠ copies training data: not generalising" if rate > limit else ""
+    return f" (n={m.get('n')}, k={m.get('k')}){warn}"
+
+
 def table_rows(records: list[ResultRecord]) -> list[dict[str, Any]]:
     """genbench's rows for one dataset x profile: one per model, aggregated over seeds."""
     flags = extractor_flags(records)
@@ -148,6 +155,8 @@ def table_rows(records: list[ResultRecord]) -> list[dict[str, Any]]:
                 text += f" @{m.get('n')} vs {m.get('reference_split')}" + flags.get(model, "")
             if key == T.CLASS_COVERAGE and mean is not None:
                 text += f" ({m.get('classes_covered')}/{m.get('num_classes')} classes)"
+            if key == T.EXTRACTION_RATE and mean is not None:
+                text += extraction_flag(mean, m)
             if key == T.BPD and m.get("available") is False:
                 text = "n/a (no density)"
             row[key] = text

@@ -89,6 +89,9 @@ CLASS_COVERAGE = _declare(Metric(  # predicted-class histogram of samples vs rea
     leaderboard=True, curve_key="class_tv", curve_label="class TV†"))
 MODE_COVERAGE = _declare(Metric(  # toy2d mixtures: modes recovered and the share of high-quality samples
     "mode_coverage", "modes", "modes recovered", data_kinds=(POINTS,)))
+EXTRACTION_RATE = _declare(Metric(  # share of samples flagged as copies of a training image (genbench.metrics.extraction)
+    "extraction_rate", "share of samples", "extraction rate", lower_is_better=True, digits=3, data_kinds=(IMAGES,),
+    leaderboard=True))
 MEMORIZATION = _declare(Metric("memorization", "pixel-space L2", "nearest-train distance", data_kinds=(IMAGES,)))
 SAMPLING = _declare(Metric("sampling", "images/s", "sample img/s", digits=1))
 FID_VS_STEPS = _declare(Metric(  # [{"steps", "fid", "n"}] for iterative samplers

@@ -13,6 +13,7 @@ from typing import Any
 from genbench.bench.config import EvalConfig
 from genbench.bench.suites.base import Suite, SuiteConfigError
 from genbench.bench.suites.domain import DomainSuite
+from genbench.bench.suites.extraction import ExtractionSuite
 from genbench.bench.suites.inception_quality import InceptionQualitySuite
 from genbench.bench.suites.likelihood import BitsPerDimSuite, NatsSuite
 from genbench.bench.suites.memorization import MemorizationSuite
@@ -31,6 +32,7 @@ SUITES: tuple[Suite, ...] = (
     InceptionQualitySuite(),
     Toy2DModesSuite(),
     MemorizationSuite(),
+    ExtractionSuite(),
     SamplerSweepSuite(),
 )
 
