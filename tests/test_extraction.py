@@ -7,8 +7,13 @@ import pytest
 import torch
 
 from genbench.bench.leaderboard import table_rows
-from genbench.metrics.extraction import (EXTRACTION_RATE, calibrated_ratio, extraction_suite, heldout_threshold,
-                                         knn_l2)
+from genbench.metrics.extraction import (
+    EXTRACTION_RATE,
+    calibrated_ratio,
+    extraction_suite,
+    heldout_threshold,
+    knn_l2,
+)
 
 
 class FakeImages:
