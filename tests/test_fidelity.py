@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+from types import SimpleNamespace
 from pathlib import Path
 
 import numpy as np
@@ -320,6 +322,38 @@ def test_conversion_is_verified_and_recorded(tmp_path):
     meta = json.loads((tmp_path / "converted.pth.json").read_text())
     assert meta["max_abs_feature_difference"] <= inception_convert.CONVERSION_TOLERANCE
     assert meta["sha256"] == inception.content_sha256(inception.load_state_dict(dst))
+
+
+def test_concurrent_conversions_do_not_collide(tmp_path, monkeypatch):
+    """Two benches converting the weights at once (both find none yet) each finish with a valid file."""
+    both_converting = threading.Barrier(2)
+    temporaries = []
+
+    def difference(tmp, torchscript_path):
+        temporaries.append(Path(tmp))
+        both_converting.wait(timeout=30)  # both temporary files exist at the same time here
+        return 0.0
+
+    monkeypatch.setattr(inception_convert.torch.jit, "load", lambda *a, **k: SimpleNamespace(state_dict=dict))
+    monkeypatch.setattr(inception_convert, "convert_torchscript_state_dict", lambda sd: {"w": torch.arange(3.0)})
+    monkeypatch.setattr(inception_convert, "max_feature_difference", difference)
+    dst, errors = tmp_path / "weights" / "converted.pth", []
+
+    def convert():
+        try:
+            inception_convert.convert_fid_helper(tmp_path / "helper.pt", dst)
+        except Exception as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=convert) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(set(temporaries)) == 2
+    assert torch.equal(inception.load_state_dict(dst)["w"], torch.arange(3.0))
+    assert not list(dst.parent.glob("*.unverified"))
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -117,7 +118,11 @@ def convert_fid_helper(torchscript_path: str | os.PathLike, dst: str | os.PathLi
     scripted = torch.jit.load(str(torchscript_path), map_location="cpu")
     state = convert_torchscript_state_dict(scripted.state_dict())
     del scripted
-    tmp = dst.with_name(dst.name + ".unverified")
+    # A name of its own per conversion: two benches converting at once must not replace each other's file.
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=dst.parent, prefix=dst.name + ".", suffix=".unverified")
+    os.close(fd)
+    tmp = Path(tmp_name)
     atomic_torch_save(state, tmp)
     try:
         diff = max_feature_difference(tmp, torchscript_path)
