@@ -103,7 +103,7 @@ def test_suites_are_chosen_by_data_kind_and_capability():
     full = EvalConfig(num_samples=8, memorization_samples=4, sample_metrics=["fid", "kid", "prc", "domain"])
     assert _names(select(PixelModel(), full)) == [
         ("likelihood_bpd", True), ("sampling", True), ("domain", True), ("inception_quality", True),
-        ("memorization", True)]
+        ("memorization", True), ("extraction", True)]
     # no likelihood declared: the suite records "unavailable" instead of calling log_likelihood
     assert _names(select(CopyModel(), full))[0] == ("likelihood_bpd", False)
     assert _names(select(ToyModel(), full)) == [("likelihood_nats", True), ("sampling", True), ("toy2d_modes", True)]
