@@ -7,22 +7,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from genbench.bench.config import EvalConfig
-from genbench.bench.suites.base import Suite
 from genbench.bench.suites.context import EvalContext
-from genbench.capabilities import IMAGES
+from genbench.bench.suites.memorization import MemorizationSuite
 from genbench.metrics.extraction import extraction_suite
 
 
-class ExtractionSuite(Suite):
+class ExtractionSuite(MemorizationSuite):
+    """Runs on the memorization suite's samples, whenever that suite does."""
+
     name = "extraction"
-    data_kinds = (IMAGES,)
-
-    def requested(self, cfg: EvalConfig) -> bool:
-        return cfg.memorization_samples > 0
-
-    def samples_needed(self, cfg: EvalConfig) -> int:
-        return cfg.memorization_samples
 
     def run(self, ctx: EvalContext) -> dict[str, Any]:
         domain_cache = None if ctx.cache_dir is None else str(Path(ctx.cache_dir) / "domain")
