@@ -45,7 +45,7 @@ def planted(dm: GenDataModule, n: int, noise: float) -> dict:
         out[name] = {"extraction_rate": entry["value"], "domain_rate": entry["domain"]["value"],
                      "threshold": entry["threshold"], "heldout_flagged_rate": entry["heldout_flagged_rate"],
                      "n": entry["n"], "k": entry["k"], "n_reference": entry["n_reference"],
-                     "pixel_nn_seconds": entry["nn_seconds"], "suite_seconds": seconds}
+                     "pixel_nn_seconds": entry["nn_wall_s"], "suite_seconds": seconds}
         if name.startswith("noisy"):
             save_flagged_figure(s, train, entry, OUT / "extraction_flagged.png", title="planted noisy copies")
     return out

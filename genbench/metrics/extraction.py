@@ -124,7 +124,7 @@ def extraction_in_space(samples: torch.Tensor, heldout: torch.Tensor, train: tor
         "heldout_flagged_rate": float((r_h < threshold).double().mean()),
         "n_flagged": int(flagged.sum()),
         "median_ratio_samples": float(r_s.median()), "median_ratio_heldout": float(r_h.median()),
-        "nn_seconds": seconds, "nn_flop": 2.0 * (len(samples) + len(heldout)) * len(train) * samples.shape[1],
+        "nn_wall_s": seconds, "nn_flop": 2.0 * (len(samples) + len(heldout)) * len(train) * samples.shape[1],
         # kept for the figure of flagged samples beside their nearest training images
         "_ratio": r_s, "_nearest": i_s[:, 0], "_flagged": flagged,
     }
