@@ -164,6 +164,35 @@ def test_parametrizations_agree():
         torch.testing.assert_close(got["pred_eps"], eps)
 
 
+@pytest.mark.parametrize("gamma", [None, 5.0])
+def test_min_snr_weighting_gives_every_parametrization_the_same_clamped_x0_weight(gamma):
+    """A prediction x0 + e expressed as eps, x_0 or v costs min(SNR_t, gamma) |e|^2 per dimension under
+    min-SNR-gamma (Hang et al. 2023), whatever the parametrisation; unweighted it costs SNR, 1 and SNR + 1."""
+    gen = torch.Generator().manual_seed(3)
+    x0 = torch.randn((6, *SHAPE), generator=gen, dtype=torch.float64)
+    noise = torch.randn((6, *SHAPE), generator=gen, dtype=torch.float64)
+    err = 0.1 * torch.randn((6, *SHAPE), generator=gen, dtype=torch.float64)
+    t = torch.tensor([0, 10, 100, 300, 600, 999])
+    base = diffusion("fixed_small")
+    x_t = base.q_sample(x0, t, noise)
+    x0_hat = x0 + err
+    eps_hat = base.predict_eps_from_x_start(x_t, t, x0_hat)
+    outputs = {"eps": eps_hat, "x_start": x0_hat, "v": base.v_target(x0_hat, t, eps_hat)}
+    snr = base.alphas_cumprod[t] / (1.0 - base.alphas_cumprod[t])
+    e2 = err.pow(2).flatten(1).mean(1)
+    unweighted = {"eps": snr, "x_start": torch.ones_like(snr), "v": snr + 1.0}
+    for name, out in outputs.items():
+        d = diffusion("fixed_small", model_output=name, min_snr_gamma=gamma)
+        loss = d.training_losses(lambda x, s, out=out: out, x0, t, noise)["loss"]
+        factor = unweighted[name] if gamma is None else snr.clamp(max=gamma)
+        torch.testing.assert_close(loss, factor * e2, rtol=1e-9, atol=1e-12)
+
+
+def test_min_snr_gamma_must_be_positive():
+    with pytest.raises(ValueError, match="min_snr_gamma"):
+        diffusion(min_snr_gamma=0.0)
+
+
 def test_simple_loss_of_the_optimal_predictor_is_the_mmse():
     """E||eps - eps*||^2 / D = abar s^2 / (abar s^2 + 1 - abar) for Gaussian data."""
     d = diffusion()

@@ -145,6 +145,21 @@ def test_evaluate_likelihood_sample_metrics_and_record(digits, tmp_path):
     assert out[N.MEMORIZATION]["n"] == 24 and out[N.MEMORIZATION]["exact_copies"] == 0
 
 
+def test_validation_protocol_scores_validation_images_only(digits, tmp_path):
+    """The tuning protocol (benchmarks/ablations.py) reads the validation split, never the test split."""
+    model = PixelModel()
+    cfg = _cfg(likelihood_split="val", reference_split="val", likelihood_subset=30, memorization_samples=0)
+    out = evaluate(model, digits, cfg, progress=False, feature_extractor=TinyExtractor(), cache_dir=str(tmp_path))
+    val_x = digits.split("val")[0][:30]
+    mean, _ = mean_and_stderr(-model.log_likelihood(val_x) / (64 * math.log(2)))
+    assert out[N.BPD]["value"] == pytest.approx(mean, rel=1e-12) and out[N.BPD]["subset"] == "val[0:30]"
+    assert out[N.FID]["reference_split"] == "val" and out[N.FID_FLOOR]["protocol"] == "train subset vs val"
+    with pytest.raises(ValueError, match="likelihood_split"):
+        _cfg(likelihood_split="train")
+    with pytest.raises(ValueError, match="reference_split"):
+        _cfg(reference_split="validation")
+
+
 def test_evaluate_is_seeded(digits, tmp_path):
     kw = dict(progress=False, feature_extractor=TinyExtractor(), cache_dir=str(tmp_path))
     cfg = _cfg(likelihood_subset=8, memorization_samples=0)

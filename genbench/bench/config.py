@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 SAMPLE_METRICS = ("fid", "kid", "prc", "domain")
+EVAL_SPLITS = ("test", "train", "val")  # val: for tuning (benchmarks/ablations.py); records report test
 
 
 @dataclass
@@ -15,7 +16,8 @@ class EvalConfig:
     Args:
         num_samples: generated images scored by FID/KID/precision-recall (FID is biased by n: rows are
             only compared at equal n); 0 skips sample metrics.
-        reference_split: real images the samples are compared with (``test`` or ``train``); the same n.
+        reference_split: real images the samples are compared with (``test``, ``train``, or ``val`` for
+            tuning: choices are made on the validation split, never on the reported test metric); the same n.
         sample_batch_size: images generated per ``model.sample`` call.
         sample_metrics: any of ``fid``, ``kid``, ``prc`` (precision/recall) and ``domain`` (Fréchet distance
             and class coverage in a small classifier's features, :mod:`genbench.metrics.domain`; labelled
@@ -30,6 +32,7 @@ class EvalConfig:
         likelihood_subset: the first n test images scored for bits/dim; ``None`` = the whole test split. The
             mean is reported with its standard error over those n images. Set once per profile in
             ``configs/profile/<profile>/evaluation.yaml`` so that every family is scored on the same images.
+        likelihood_split: the split those images come from: ``test`` (reported), or ``val`` for tuning.
         likelihood_batch_size: images per ``model.log_likelihood`` call.
         memorization_samples: samples compared with the training set by nearest-neighbour distance
             (0 skips the check).
@@ -52,6 +55,7 @@ class EvalConfig:
     prc_neighborhood: int = 3
     feature_batch_size: int = 64
     likelihood_subset: int | None = None
+    likelihood_split: str = "test"
     likelihood_batch_size: int = 500
     memorization_samples: int = 500
     seed: int = 0
@@ -65,8 +69,11 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.num_samples < 0:
             raise ValueError(f"evaluation.num_samples must be >= 0, got {self.num_samples}")
-        if self.reference_split not in ("train", "test"):
-            raise ValueError(f"evaluation.reference_split must be 'train' or 'test', got {self.reference_split!r}")
+        if self.reference_split not in EVAL_SPLITS:
+            raise ValueError(f"evaluation.reference_split must be one of {', '.join(EVAL_SPLITS)}, "
+                             f"got {self.reference_split!r}")
+        if self.likelihood_split not in ("test", "val"):
+            raise ValueError(f"evaluation.likelihood_split must be 'test' or 'val', got {self.likelihood_split!r}")
         bad = [m for m in self.sample_metrics if m not in SAMPLE_METRICS]
         if bad:
             raise ValueError(f"unknown sample metric(s) {bad}; valid: {', '.join(SAMPLE_METRICS)}")

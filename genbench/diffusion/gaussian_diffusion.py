@@ -107,6 +107,9 @@ class GaussianDiffusion(nn.Module):
             ``hybrid`` (L_simple + vlb_weight * L_vlb with the mean stopped in L_vlb, so the bound only
             trains the variance; needs ``learned_range``).
         vlb_weight: lambda of the hybrid loss.
+        min_snr_gamma: min-SNR-gamma loss weighting of L_simple (Hang et al. 2023): each example's MSE is
+            weighted so that the implied x_0 loss weight is min(SNR_t, gamma) instead of SNR_t (eps), 1 (x_0)
+            or SNR_t + 1 (v); the bound terms are never reweighted. ``None`` = unweighted L_simple.
         num_levels: grey levels of the data, for the discretized decoder L_0.
         timestep_map: the original timestep index of each step (a respaced process keeps a subset);
             the network is always called with original indices.
@@ -121,6 +124,7 @@ class GaussianDiffusion(nn.Module):
         vlb_weight: float = 0.001,
         num_levels: int = 256,
         timestep_map: torch.Tensor | None = None,
+        min_snr_gamma: float | None = None,
     ) -> None:
         super().__init__()
         model_output = parse(ModelOutput, model_output, "model_output")
@@ -130,6 +134,8 @@ class GaussianDiffusion(nn.Module):
             raise ValueError("loss_type='hybrid' trains the variance through L_vlb: it needs var_type='learned_range'")
         if num_levels < 2:
             raise ValueError(f"num_levels must be >= 2 (discrete data), got {num_levels}")
+        if min_snr_gamma is not None and not min_snr_gamma > 0:
+            raise ValueError(f"min_snr_gamma must be positive or None, got {min_snr_gamma}")
         betas = torch.as_tensor(betas, dtype=torch.float64).flatten()
         if betas.numel() < 1 or not bool(((betas > 0) & (betas < 1)).all()):
             raise ValueError("betas must be a non-empty 1-D tensor with every value in (0, 1)")
@@ -137,6 +143,7 @@ class GaussianDiffusion(nn.Module):
         self.var_type = var_type
         self.loss_type = loss_type
         self.vlb_weight = float(vlb_weight)
+        self.min_snr_gamma = None if min_snr_gamma is None else float(min_snr_gamma)
         self.num_levels = int(num_levels)
         T = betas.numel()
         if timestep_map is None:
@@ -172,6 +179,7 @@ class GaussianDiffusion(nn.Module):
         buf("posterior_mean_coef1", betas * abar_prev.sqrt() / (1.0 - abar))
         buf("posterior_mean_coef2", (1.0 - abar_prev) * alphas.sqrt() / (1.0 - abar))
         buf("fixed_large_log_variance", fixed_large_log_variance)
+        buf("snr", abar / (1.0 - abar))
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -213,6 +221,7 @@ class GaussianDiffusion(nn.Module):
             vlb_weight=self.vlb_weight,
             num_levels=self.num_levels,
             timestep_map=self.timestep_map.cpu()[steps],
+            min_snr_gamma=self.min_snr_gamma,
         ).to(self.betas.device)
 
     # ------------------------------------------------------------------ forward process q
@@ -404,6 +413,22 @@ class GaussianDiffusion(nn.Module):
         return {"total": prior + kl + decoder, "prior": prior, "decoder": decoder, "kl": kl}
 
     # ------------------------------------------------------------------ training
+    def min_snr_weight(self, t: torch.Tensor) -> torch.Tensor:
+        """Per-example weight of the MSE on this process's target at steps ``t`` under min-SNR-gamma.
+
+        With x_0-error e, the eps-, x_0- and v-MSEs equal SNR e^2, e^2 and (SNR + 1) e^2; dividing by those
+        factors and multiplying by min(SNR, gamma) gives every parametrisation the same clamped x_0 weight.
+        """
+        if self.min_snr_gamma is None:
+            return torch.ones_like(t, dtype=torch.float64)
+        snr = self.snr.to(t.device)[t]
+        clamped = snr.clamp(max=self.min_snr_gamma)
+        if self.model_output == ModelOutput.EPS:
+            return clamped / snr
+        if self.model_output == ModelOutput.X_START:
+            return clamped
+        return clamped / (snr + 1.0)
+
     def training_losses(
         self, model: ModelFn, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
     ) -> dict[str, torch.Tensor]:
@@ -427,6 +452,8 @@ class GaussianDiffusion(nn.Module):
             else:
                 target = self.v_target(x_start, t, noise)
             terms["mse"] = mean_flat((mean_output - target) ** 2)
+            if self.min_snr_gamma is not None:
+                terms["mse"] = terms["mse"] * self.min_snr_weight(t).to(terms["mse"].dtype)
         if self.loss_type == LossType.HYBRID:
             frozen = torch.cat([output[:, :channels].detach(), output[:, channels:]], dim=1)
             terms["vlb"] = self.vlb_term(None, x_start, x_t, t, clip_denoised=False, output=frozen) * vlb_scale

@@ -64,6 +64,7 @@ class DDPM(GenerativeModel):
         model_output: ``eps``, ``x_start`` or ``v``.
         var_type: ``fixed_small``, ``fixed_large`` or ``learned_range``.
         loss_type: ``simple``, ``vlb`` or ``hybrid`` (needs ``learned_range``); ``vlb_weight`` = lambda.
+        min_snr_gamma: min-SNR-gamma weighting of the MSE term (Hang et al. 2023); ``None`` = unweighted.
         clip_denoised: clip the predicted x_0 to [-1, 1] in sampling and in the bound.
         class_conditional: condition on labels; ``label_dropout`` = probability of the null label in
             training; ``guidance_scale`` = classifier-free guidance weight at sampling (1 = no guidance).
@@ -104,6 +105,7 @@ class DDPM(GenerativeModel):
         var_type: str = "fixed_large",
         loss_type: str = "simple",
         vlb_weight: float = 0.001,
+        min_snr_gamma: float | None = None,
         clip_denoised: bool = True,
         class_conditional: bool = False,
         label_dropout: float = 0.1,
@@ -158,6 +160,7 @@ class DDPM(GenerativeModel):
             loss_type=loss_type,
             vlb_weight=vlb_weight,
             num_levels=self.num_levels,
+            min_snr_gamma=min_snr_gamma,
         )
         channels, height, _ = self.data_shape
         self.net = UNet(

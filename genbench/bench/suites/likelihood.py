@@ -52,8 +52,9 @@ class _LikelihoodSuite(Suite):
 
     def _run(self, ctx: EvalContext) -> dict[str, Any]:
         model, cfg, ranks = ctx.model, ctx.cfg, ctx.ranks
-        test_x = ctx.datamodule.split("test")[0]
-        m = len(test_x) if cfg.likelihood_subset is None else min(cfg.likelihood_subset, len(test_x))
+        split = cfg.likelihood_split
+        split_x = ctx.datamodule.split(split)[0]
+        m = len(split_x) if cfg.likelihood_subset is None else min(cfg.likelihood_subset, len(split_x))
         bsz = cfg.likelihood_batch_size
         chunks = [(i, s) for i, s in enumerate(range(0, m, bsz)) if i % ranks.world == ranks.rank]
         fns = {None: model.log_likelihood, **dict(model.likelihood_variants())}
@@ -64,7 +65,7 @@ class _LikelihoodSuite(Suite):
         with tqdm(total=local_n, desc="likelihood", unit="img", disable=not (ctx.progress and ranks.is_zero)) as bar:
             try:
                 for i, s in chunks:
-                    x = test_x[s: min(s + bsz, m)]
+                    x = split_x[s: min(s + bsz, m)]
                     with torch.random.fork_rng(devices=fork_devices):
                         torch.manual_seed(cfg.seed * 1_000_003 + i)
                         for key, fn in fns.items():
@@ -78,13 +79,13 @@ class _LikelihoodSuite(Suite):
             return {self.main_key: unavailable(reason)}
 
         info = model.likelihood_info()
-        subset = f"test[0:{m}]" + (" (whole split)" if m == len(test_x) else "")
+        subset = f"{split}[0:{m}]" + (" (whole split)" if m == len(split_x) else "")
         out: dict[str, Any] = {}
         for key, parts in nll.items():
             local = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
             values = ranks.gather_rows(local)
             if len(values) != m:
-                raise RuntimeError(f"gathered {len(values)} log-likelihoods for {m} test images")
+                raise RuntimeError(f"gathered {len(values)} log-likelihoods for {m} {split} images")
             entry = {**self.entry(ctx, values), "n": m, "subset": subset}
             entry["n_nonfinite"] = int((~torch.isfinite(values)).sum())
             if key is None:
