@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import subprocess
@@ -158,6 +159,40 @@ def test_validation_protocol_scores_validation_images_only(digits, tmp_path):
         _cfg(likelihood_split="train")
     with pytest.raises(ValueError, match="reference_split"):
         _cfg(reference_split="validation")
+
+
+class TwoSamplerModel(PixelModel):
+    """PixelModel whose sample variant ``uniform`` draws from the uniform pixel distribution instead."""
+
+    def sample_variants(self):
+        return {"uniform": "uniform pixels"}
+
+    @contextlib.contextmanager
+    def sample_variant(self, name):
+        main = self.log_probs.clone()
+        self.log_probs.fill_(-math.log(self.num_levels))
+        try:
+            yield
+        finally:
+            self.log_probs.copy_(main)
+
+
+def test_sample_variants_are_scored_beside_the_main_sampler(digits, tmp_path):
+    """fid_<variant> is the FID the variant's sampler gets on its own, with the same seeds; the main FID is
+    that of the declared sampler, untouched by the variant."""
+    kw = dict(progress=False, feature_extractor=TinyExtractor(), cache_dir=str(tmp_path))
+    cfg = _cfg(likelihood_subset=8, memorization_samples=0)
+    both = evaluate(TwoSamplerModel(), digits, cfg, **kw)
+    skewed = evaluate(PixelModel(), digits, cfg, **kw)
+    uniform = evaluate(PixelModel(skewed=False), digits, cfg, **kw)
+    assert both[N.FID]["value"] == skewed[N.FID]["value"]
+    variant = both[N.fid_variant("uniform")]
+    assert variant["value"] == uniform[N.FID]["value"] != both[N.FID]["value"]
+    assert variant["n"] == 48 and variant["variant"] == "uniform" and variant["reference_split"] == "test"
+    assert N.lookup(N.fid_variant("uniform")).label == "FID (sample variant)"
+    assert not any(k.startswith("fid_") and k not in (N.FID_FLOOR, N.FID_VS_STEPS) for k in skewed)
+    with pytest.raises(ValueError, match="collides"):
+        N.fid_variant("floor")
 
 
 def test_evaluate_is_seeded(digits, tmp_path):

@@ -221,6 +221,13 @@ def test_sample_contract_temperature_and_nonfinite_count():
     assert model.sample(0).shape == (0, 1, 8, 8)
     info = model.sampler_info()
     assert info["temperature"] == 0.7 and info["nonfinite_samples_clamped"] == 0
+    # below temperature 1, the model's own distribution is scored beside it as a sample variant
+    assert set(model.sample_variants()) == {"temperature_1"}
+    with model.sample_variant("temperature_1"):
+        assert model.sampler_info()["temperature"] == 1.0
+        t1 = model.sample(5, torch.Generator().manual_seed(3))
+    assert model.temperature == 0.7 and not torch.equal(t1, s1)
+    assert RealNVP(data_shape=(1, 8, 8), num_levels=17, num_scales=3, mid_channels=8).sample_variants() == {}
     with torch.no_grad():  # force an overflow: the samples stay valid and the count records it
         model.flow.scales[0].in_layers[1].log_scale.fill_(-200.0)
     s3 = model.sample(4)

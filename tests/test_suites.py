@@ -63,10 +63,12 @@ def test_table_entries_are_consistent():
         if m.leaderboard or m.summary or m.curve_label:
             assert m.lower_is_better is not None, m.key  # a ranked or plotted metric has a direction
     with pytest.raises(KeyError, match="not declared"):
-        T.lookup("fid_typo")
+        T.lookup("kid_typo")
     with pytest.raises(ValueError, match="alphanumeric"):
         T.bpd_variant("bad name")
     assert T.lookup("bpd_elbo").key == T.BPD_VARIANT_PREFIX and T.lookup(T.BPD).key == T.BPD
+    # a sample variant's FID resolves to its prefix; the exact fid_* keys stay their own metrics
+    assert T.lookup("fid_decoder_modes").key == T.FID_VARIANT_PREFIX and T.lookup(T.FID_FLOOR).key == T.FID_FLOOR
 
 
 def test_leaderboard_columns_and_direction_come_from_the_table(monkeypatch):
@@ -103,7 +105,7 @@ def test_suites_are_chosen_by_data_kind_and_capability():
     full = EvalConfig(num_samples=8, memorization_samples=4, sample_metrics=["fid", "kid", "prc", "domain"])
     assert _names(select(PixelModel(), full)) == [
         ("likelihood_bpd", True), ("sampling", True), ("domain", True), ("inception_quality", True),
-        ("memorization", True), ("extraction", True)]
+        ("memorization", True), ("extraction", True), ("sample_variants", True)]
     # no likelihood declared: the suite records "unavailable" instead of calling log_likelihood
     assert _names(select(CopyModel(), full))[0] == ("likelihood_bpd", False)
     assert _names(select(ToyModel(), full)) == [("likelihood_nats", True), ("sampling", True), ("toy2d_modes", True)]

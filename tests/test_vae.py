@@ -221,6 +221,25 @@ def test_sample_is_uint8_reproducible_and_restores_mode(trained):
     assert set(trained.likelihood_variants()) == {"elbo"}
 
 
+def test_decoder_modes_are_a_sample_variant_of_the_declared_draws(trained):
+    """The main sampler stays the declared one; the variant block draws modes and restores draws."""
+    assert set(trained.sample_variants()) == {"decoder_modes"}
+    gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    draws = trained.sample(6, generator=gen())
+    with trained.sample_variant("decoder_modes"):
+        modes = trained.sample(6, generator=gen())
+        assert trained.sampler_info()["pixels"] == "decoder_modes"
+    z = torch.randn((6, trained.latent_dim), generator=gen())
+    with torch.no_grad():
+        expected = trained.decoder_pixels(trained.decoder(z), False, None)
+    assert torch.equal(modes, expected.cpu()) and not torch.equal(modes, draws)
+    assert trained.sampler_info()["pixels"] == "decoder_draws"
+    assert torch.equal(trained.sample(6, generator=gen()), draws)
+    with pytest.raises(KeyError, match="decoder_draws"):
+        with trained.sample_variant("decoder_draws"):
+            pass
+
+
 def test_diagnostics(trained, digits):
     x = digits[1][:8]
     rec = trained.reconstructions(x)

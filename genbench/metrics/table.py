@@ -93,6 +93,8 @@ EXTRACTION_RATE = _declare(Metric(  # share of samples flagged as copies of a tr
     "extraction_rate", "share of samples", "extraction rate", lower_is_better=True, digits=3, data_kinds=(IMAGES,),
     leaderboard=True))
 MEMORIZATION = _declare(Metric("memorization", "pixel-space L2", "nearest-train distance", data_kinds=(IMAGES,)))
+FID_VARIANT_PREFIX = _declare(Metric(  # FID of another sampler of the same weights (model.sample_variants)
+    "fid_", "", "FID (sample variant)", lower_is_better=True, digits=1, data_kinds=(IMAGES,), is_prefix=True))
 SAMPLING = _declare(Metric("sampling", "images/s", "sample img/s", digits=1))
 FID_VS_STEPS = _declare(Metric(  # [{"steps", "fid", "n"}] for iterative samplers
     "fid_vs_steps", "", "FID against sampler steps", data_kinds=(IMAGES,), capabilities=(SAMPLER_STEPS,)))
@@ -108,6 +110,14 @@ def variant(prefix: str, name: str) -> str:
 def bpd_variant(name: str) -> str:
     """Metric key of a bits/dim likelihood variant, e.g. ``bpd_elbo``."""
     return variant(BPD_VARIANT_PREFIX, name)
+
+
+def fid_variant(name: str) -> str:
+    """Metric key of a sample variant's FID, e.g. ``fid_decoder_modes``."""
+    key = variant(FID_VARIANT_PREFIX, name)
+    if key in METRICS:
+        raise ValueError(f"sample variant name {name!r} collides with the metric {key!r}")
+    return key
 
 
 def lookup(key: str) -> Metric:

@@ -116,6 +116,19 @@ class GenerativeModel(L.LightningModule, abc.ABC):
         """How ``sample`` draws (sampler, steps, EMA, eval mode...), recorded beside sample metrics."""
         return {"eval_mode": True}
 
+    def sample_variants(self) -> dict[str, str]:
+        """Other ways of drawing samples from the same weights that the record scores beside the main
+        sampler, by name -> description (e.g. the VAE's decoder modes beside its pixel draws). The main
+        sampler is the one the config declares before the run; a variant is reported as ``fid_<name>`` and
+        never replaces it."""
+        return {}
+
+    @contextmanager
+    def sample_variant(self, name: str) -> Iterator[None]:
+        """Within the block, :meth:`sample` draws with the variant ``name`` of :meth:`sample_variants`."""
+        raise KeyError(f"{type(self).__name__} has no sample variant {name!r}; it has {sorted(self.sample_variants())}")
+        yield  # pragma: no cover
+
     # ------------------------------------------------------------------ shared helpers
     @property
     def is_continuous(self) -> bool:

@@ -27,7 +27,9 @@ s/t networks, applied as Adam weight decay on exactly those parameters.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -227,6 +229,22 @@ class RealNVP(GenerativeModel):
             "nonfinite_samples_clamped": self.nonfinite_samples,
             "network_evaluations": 1,  # one inverse pass of the flow
         }
+
+    def sample_variants(self) -> dict[str, str]:
+        """At a sampling temperature below 1, the model's own distribution (temperature 1) beside it."""
+        if self.temperature == 1.0:
+            return {}
+        return {"temperature_1": "z ~ N(0, I): the model's own distribution"}
+
+    @contextlib.contextmanager
+    def sample_variant(self, name: str) -> Iterator[None]:
+        if name not in self.sample_variants():
+            raise KeyError(f"RealNVP has no sample variant {name!r}; it has {sorted(self.sample_variants())}")
+        main, self.temperature = self.temperature, 1.0
+        try:
+            yield
+        finally:
+            self.temperature = main
 
     # ------------------------------------------------------------------ Lightning
     def _loss(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

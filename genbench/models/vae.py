@@ -278,6 +278,24 @@ class VAE(GenerativeModel):
             "network_evaluations": 1,  # one decoder pass
         }
 
+    def sample_variants(self) -> dict[str, str]:
+        """The other pixel sampler: decoder modes beside draws (or draws beside modes)."""
+        if self.hparams.sample_pixels == "draw":
+            return {"decoder_modes": "each pixel's most probable level given z (not a sample of the model)"}
+        return {"decoder_draws": "every pixel drawn from p(x|z) (the model's own distribution)"}
+
+    @contextlib.contextmanager
+    def sample_variant(self, name: str) -> Iterator[None]:
+        pixels = {"decoder_modes": "mode", "decoder_draws": "draw"}
+        if name not in self.sample_variants():
+            raise KeyError(f"VAE has no sample variant {name!r}; it has {sorted(self.sample_variants())}")
+        main = self.hparams.sample_pixels
+        self.hparams.sample_pixels = pixels[name]
+        try:
+            yield
+        finally:
+            self.hparams.sample_pixels = main
+
     def _decoder_name(self) -> str:
         if self.hparams.decoder == "categorical":
             return f"categorical({self.num_levels})"

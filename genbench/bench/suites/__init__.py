@@ -17,13 +17,14 @@ from genbench.bench.suites.extraction import ExtractionSuite
 from genbench.bench.suites.inception_quality import InceptionQualitySuite
 from genbench.bench.suites.likelihood import BitsPerDimSuite, NatsSuite
 from genbench.bench.suites.memorization import MemorizationSuite
+from genbench.bench.suites.sample_variants import SampleVariantsSuite
 from genbench.bench.suites.sampler_sweep import SamplerSweepSuite
 from genbench.bench.suites.sampling import SamplingSuite
 from genbench.bench.suites.toy2d_modes import Toy2DModesSuite
 from genbench.capabilities import data_kind
 
 # Run order: likelihoods (every rank), then the shared samples (every rank), then the suites that read them
-# (rank 0), then the sweep (every rank: it draws its own samples per step count).
+# (rank 0), then the sweep and the sample variants (every rank: they draw their own samples).
 SUITES: tuple[Suite, ...] = (
     BitsPerDimSuite(),
     NatsSuite(),
@@ -34,6 +35,7 @@ SUITES: tuple[Suite, ...] = (
     MemorizationSuite(),
     ExtractionSuite(),
     SamplerSweepSuite(),
+    SampleVariantsSuite(),
 )
 
 
