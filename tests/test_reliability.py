@@ -122,6 +122,22 @@ def test_resume_with_changed_hyperparameters_is_refused(trained, one_thread):
     assert trained.ckpt.read_bytes() == ckpt and trained.record.read_bytes() == record
 
 
+def test_a_finished_run_is_re_scored_with_other_sampling_options(trained, one_thread):
+    """Sampling/scoring options (the model's evaluation_hparams) may change on a resume: no batch is
+    trained, and the record states the options used; the training identity stays that of the checkpoint."""
+    before = torch.load(trained.ckpt, weights_only=True)
+    out = bench(trained.tmp, "--no-leaderboard", "--", "--model.init_args.sample_pixels=mode",
+                "--model.init_args.iw_samples=2", *FAST_EVAL)
+    assert out.returncode == 0, out.stderr[-2000:]
+    record = json.loads(trained.record.read_text())
+    assert record["config"]["model"]["init_args"]["sample_pixels"] == "mode"
+    assert record["metrics"]["bpd"]["k"] == 2
+    after = torch.load(trained.ckpt, weights_only=True)  # nothing trained: the same step and weights
+    assert after["global_step"] == before["global_step"]
+    assert all(torch.equal(after["state_dict"][k], v) for k, v in before["state_dict"].items())
+    assert len(record["train"]["trained_by"]) == 1
+
+
 def test_resume_config_changes_allow_training_longer_only():
     old = {"trainer": {"max_steps": 20, "devices": "1", "precision": "32-true"}, "model": {"init_args": {"lr": 1e-3}},
            "evaluation": {"num_samples": 16}, "budget": {"train_images": 640}}
@@ -130,6 +146,9 @@ def test_resume_config_changes_allow_training_longer_only():
            "budget": {"train_images": 1280}}
     assert guards.config_changes(old, new) == [("model.init_args.beta", None, 2.0),
                                                ("trainer.precision", "32-true", "bf16-mixed")]
+    # a model's evaluation-only arguments (sampler, temperature...) may change as well; nothing else may
+    assert guards.config_changes(old, new, evaluation_hparams=("beta",)) == [
+        ("trainer.precision", "32-true", "bf16-mixed")]
 
 
 # ------------------------------------------------------------------------------- 4. DDPM divergence

@@ -193,20 +193,26 @@ def _may_change(key: str) -> bool:
     return any(key == k or key.startswith(k + ".") for k in RESUME_MAY_CHANGE)
 
 
-def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-    """``(key, old, new)`` for every dotted key whose value differs and that a resume may not change."""
+def config_changes(old: dict[str, Any], new: dict[str, Any], evaluation_hparams: tuple[str, ...] = ()
+                   ) -> list[tuple[str, Any, Any]]:
+    """``(key, old, new)`` for every dotted key whose value differs and that a resume may not change.
+    ``evaluation_hparams``: the model's ``__init__`` arguments that only change how it is sampled or scored
+    (:attr:`~genbench.models.base.GenerativeModel.evaluation_hparams`), which a resume may change too."""
     a, b = _flatten(old), _flatten(new)
     missing = object()
+    also = {f"model.init_args.{name}" for name in evaluation_hparams}
     changes = []
     for key in sorted(set(a) | set(b)):
         va, vb = a.get(key, missing), b.get(key, missing)
-        if va != vb and not _may_change(key):
+        if va != vb and not _may_change(key) and key not in also:
             changes.append((key, None if va is missing else va, None if vb is missing else vb))
     return changes
 
 
-def check_resume_config(saved_config: Path, resolved: dict[str, Any], run_id: str) -> None:
-    """Refuse to resume a run under a config that differs from the one it was trained with."""
+def check_resume_config(saved_config: Path, resolved: dict[str, Any], run_id: str,
+                        evaluation_hparams: tuple[str, ...] = ()) -> None:
+    """Refuse to resume a run under a config that differs from the one it was trained with (sampling and
+    scoring options of the model, ``evaluation_hparams``, excepted)."""
     if not saved_config.is_file():
         return
     try:
@@ -216,7 +222,7 @@ def check_resume_config(saved_config: Path, resolved: dict[str, Any], run_id: st
     if not isinstance(old, dict):
         raise BenchError(f"the run's saved config {saved_config} is unreadable, so a resume cannot be checked "
                          "against it: pass --fresh to start over")
-    changes = config_changes(old, resolved)
+    changes = config_changes(old, resolved, evaluation_hparams)
     if changes:
         listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changes[:8])
         more = f" and {len(changes) - 8} more" if len(changes) > 8 else ""

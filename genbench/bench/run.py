@@ -338,7 +338,7 @@ def build_trainer(plan: RunPlan) -> BenchSession:
     resume_state = None
     if not plan.eval_only and plan.last_ckpt.is_file() and not args.fresh:
         resume_state = guards.load_checkpoint_checked(plan.last_ckpt, resuming=True)
-        guards.check_resume_config(run_dir / "config.yaml", resolved, plan.run_id)
+        guards.check_resume_config(run_dir / "config.yaml", resolved, plan.run_id, model.evaluation_hparams)
     if args.fresh and _launch_rank() == 0:  # the launcher's rank: DDP children exist only once fit starts
         guards.start_fresh(run_dir)  # last: the config and every name above are valid
         if logger:

@@ -61,6 +61,10 @@ class GenerativeModel(L.LightningModule, abc.ABC):
     likelihood_kind: ClassVar[str] = LIKELIHOOD_NONE
     # True for iterative samplers whose step count set_sampling_steps changes (the sampler-sweep suite)
     adjustable_sampling_steps: ClassVar[bool] = False
+    # __init__ arguments that change only how the trained weights are sampled or scored (sampler, steps,
+    # temperature, likelihood estimator...), never what is trained: a finished run may be re-evaluated
+    # (resumed) with other values, and its record states the values used.
+    evaluation_hparams: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, data_shape: tuple[int, ...], num_levels: int, num_classes: int) -> None:
         super().__init__()

@@ -85,6 +85,9 @@ class DDPM(GenerativeModel):
     family = "diffusion"
     likelihood_kind = LIKELIHOOD_BOUND
     adjustable_sampling_steps = True
+    evaluation_hparams = ("guidance_scale", "use_ema", "sampler", "sampling_steps", "ddim_eta", "pc_predictor",
+                          "pc_corrector_steps", "pc_snr", "likelihood_estimator", "likelihood_timesteps",
+                          "likelihood_seed")
 
     def __init__(
         self,

@@ -71,6 +71,7 @@ class RealNVP(GenerativeModel):
 
     family = "flow"
     likelihood_kind = LIKELIHOOD_EXACT
+    evaluation_hparams = ("temperature", "dequant_draws", "iw_dequant_draws", "likelihood_seed")
 
     def __init__(
         self,

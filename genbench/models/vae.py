@@ -84,6 +84,7 @@ class VAE(GenerativeModel):
 
     family = "vae"
     likelihood_kind = LIKELIHOOD_BOUND
+    evaluation_hparams = ("iw_samples", "iw_batch_size", "sample_pixels")
 
     def __init__(
         self,
