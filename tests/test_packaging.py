@@ -60,6 +60,14 @@ def test_wheel_holds_code_configs_and_assets(wheel):
     assert "genbench = genbench.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
+def test_an_installed_copy_names_its_version_not_a_surrounding_commit(tmp_path):
+    from genbench.bench.record import git_sha
+
+    (tmp_path / "lib").mkdir()  # site-packages of a venv that sits in some other checkout
+    git = git_sha(tmp_path / "lib")
+    assert git["sha"] is None and git["dirty"] is None and "installed_version" in git
+
+
 def _fresh_venv(tmp: Path, wheel: Path) -> Path:
     """A new venv that reuses this interpreter's installed dependencies (a .pth file) and holds the wheel."""
     venv = tmp / "venv"
@@ -97,6 +105,7 @@ def test_installed_wheel_runs_bench_score_and_the_api_from_an_empty_directory(wh
     assert record["config"]["trainer"]["default_root_dir"] == "runs/mnist/smoke/gan/seed0"
     assert (work / record["artifacts"]["run_dir"] / "checkpoints" / "last.ckpt").is_file()
     assert (work / "benchmarks" / "smoke" / "leaderboard.md").is_file()
+    assert record["environment"]["git"]["sha"] is None and record["environment"]["git"]["installed_version"]
     assert not (work / "benchmarks" / "results").exists()  # smoke never reaches the project's records
 
     code = ("import numpy as np, torch, genbench\n"
