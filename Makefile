@@ -14,12 +14,14 @@ PRECISION ?=
 BENCH_ARGS ?=
 TASK ?= all
 RESTORE_ARGS ?=
+SWEEP ?= configs/sweeps/families.yaml
+SLURM ?=
 RESTORE_CKPT = runs/$(DATA)/$(PROFILE)/$(MODEL)/seed$(SEED)/checkpoints/last.ckpt
 
 export WANDB_SILENT ?= true
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all bench bench-all restore leaderboard perf lint clean
+.PHONY: help install test test-all bench bench-all sweep restore leaderboard perf lint clean
 
 help: ## List the targets and the variables they take
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}'
@@ -44,8 +46,12 @@ bench: install ## Fit + evaluate MODEL on DATA with PROFILE, write the record an
 	$(PY) -m genbench bench --model $(MODEL) --data $(DATA) --profile $(PROFILE) --seed $(SEED) \
 		--devices $(DEVICES) $(if $(PRECISION),--precision $(PRECISION)) $(BENCH_ARGS)
 
-bench-all: install ## Run `make bench` for every family
-	for m in ddpm vae realnvp gan; do $(MAKE) --no-print-directory bench MODEL=$$m || exit 1; done
+bench-all: install ## Bench every family on DATA/PROFILE/SEED one after another (configs/sweeps/families.yaml)
+	$(PY) -m genbench sweep configs/sweeps/families.yaml --profile $(PROFILE) --data $(DATA) --seeds $(SEED) \
+		--bench-args "--devices $(DEVICES) $(if $(PRECISION),--precision $(PRECISION)) $(BENCH_ARGS)"
+
+sweep: install ## Run the sweep file SWEEP (models x datasets x seeds) one after another; SLURM=1 submits a job array
+	$(PY) -m genbench sweep $(SWEEP) $(if $(SLURM),--slurm)
 
 restore: install ## Zero-shot restoration (TASK=inpaint_box|inpaint_50|inpaint_80|sr2|sr4|denoise|blur|all) with the DDPM of DATA/PROFILE, trained by `make bench` if absent
 	@test "$(MODEL)" = ddpm || { echo "make restore: MODEL=$(MODEL) has no diffusion prior; restoration needs MODEL=ddpm" >&2; exit 2; }

@@ -23,13 +23,17 @@ COMMANDS: dict[str, Command] = {
     "test": Command("genbench.lightning_cli:test", "run the test loop of a model (bits/dim on the test split)"),
     "bench": Command("genbench.bench.run:main",
                      "fit + evaluate one model on one dataset/profile, write the result record, refresh the leaderboard"),
+    "score": Command("genbench.score:main",
+                     "score pre-generated samples (a folder of PNG/JPEG or an .npz) against a dataset: FID/KID/PR"),
+    "sweep": Command("genbench.sweep:main",
+                     "run a sweep file (models x seeds x datasets) one after another, or as a SLURM job array"),
     "leaderboard": Command("genbench.bench.leaderboard:main",
                            "rebuild benchmarks/leaderboard.md and leaderboard.html from the result records"),
     "restore": Command("genbench.restoration.cli:main",
                        "zero-shot restoration (inpainting, super-resolution, denoising, deblurring) with a DDPM checkpoint"),
 }
 
-USAGE = """usage: python -m genbench <command> [options]
+USAGE = """usage: genbench <command> [options]   (or python -m genbench <command> [options])
 
 commands:
 {commands}

@@ -38,17 +38,20 @@ def test_every_command_target_resolves():
                   "    assert callable(getattr(importlib.import_module(mod), fn)), name\n"
                   "print(len(c.COMMANDS))")
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip() == "6"  # fit validate test bench leaderboard restore
+    assert out.stdout.strip() == "8"  # fit validate test bench score sweep leaderboard restore
 
 
 def test_output_dirs_default_to_the_working_directory(tmp_path, monkeypatch):
     monkeypatch.delenv("GENBENCH_HOME", raising=False)
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GENBENCH_CONFIGS", raising=False)
     args, extra = parse_args(["--model", "ddpm", "--", "--trainer.max_steps=3"])
     assert extra == ["--trainer.max_steps=3"]
     assert args.results_dir == tmp_path.resolve() / "benchmarks" / "results"
     assert args.runs_dir == tmp_path.resolve() / "runs"
-    assert args.configs_dir == tmp_path.resolve() / "configs"
+    assert args.configs_dir == ROOT / "configs"  # the packaged config tree, wherever the command runs
+    smoke, _ = parse_args(["--model", "ddpm", "--profile", "smoke"])  # plumbing checks stay out of the leaderboard
+    assert smoke.results_dir == tmp_path.resolve() / "benchmarks" / "smoke" / "results"
 
 
 def test_genbench_home_and_output_dir_move_the_outputs(tmp_path, monkeypatch):
@@ -56,7 +59,8 @@ def test_genbench_home_and_output_dir_move_the_outputs(tmp_path, monkeypatch):
     monkeypatch.setenv("GENBENCH_HOME", str(tmp_path / "home"))
     args, _ = parse_args(["--model", "ddpm"])
     assert args.runs_dir == tmp_path.resolve() / "home" / "runs"
-    assert args.configs_dir == tmp_path.resolve() / "home" / "configs"
+    monkeypatch.setenv("GENBENCH_CONFIGS", str(tmp_path / "my-configs"))
+    assert parse_args(["--model", "ddpm"])[0].configs_dir == tmp_path.resolve() / "my-configs"
     args, _ = parse_args(["--model", "ddpm", "--output-dir", str(tmp_path / "out")])  # the flag wins
     assert args.results_dir == tmp_path.resolve() / "out" / "benchmarks" / "results"
     assert args.runs_dir == tmp_path.resolve() / "out" / "runs"

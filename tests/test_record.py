@@ -3,10 +3,10 @@
 import json
 import math
 from html.parser import HTMLParser
-from pathlib import Path
 
 import pytest
 
+from genbench import paths
 from genbench.bench import leaderboard
 from genbench.bench.record import ResultRecord, atomic_write_text, load_records, redact, write_record
 
@@ -97,7 +97,7 @@ def test_leaderboard_rows_seeds_best_and_html(tmp_path):
 def test_leaderboard_shows_published_rows(tmp_path):
     res = tmp_path / "results"
     write_record(make_record(dataset="mnist", profile="quick"), res)
-    md, _ = leaderboard.build(res, tmp_path, Path(leaderboard.REPO_ROOT) / "benchmarks" / "reference.yaml")
+    md, _ = leaderboard.build(res, tmp_path, paths.reference_file())
     text = md.read_text()
     assert "| published | flow | RealNVP |" in text and "1.06" in text
     assert "1.690 (exact)" in text  # the MNIST per-pixel histogram baseline, computed from the data

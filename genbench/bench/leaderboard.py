@@ -3,7 +3,7 @@
 One table per dataset x profile. genbench's rows aggregate the records of one model over seeds (mean, and
 std when there are several seeds; one seed = its latest record), so reruns never duplicate a row. Beside
 them: the real-vs-real FID floor at the same n, the per-pixel histogram bits/dim baseline computed from
-the data, and published reference rows from ``benchmarks/reference.yaml``, each marked as such.
+the data, and published reference rows from ``configs/reference.yaml``, each marked as such.
 """
 
 from __future__ import annotations
@@ -506,7 +506,7 @@ def render_html(tables: list[dict[str, Any]], results_dir: Path) -> str:
 
 def build(results_dir: Path, out_dir: Path, reference_file: Path | None = None) -> list[Path]:
     """Write leaderboard.md and leaderboard.html into ``out_dir`` (atomically); returns their paths."""
-    reference_file = reference_file or (REPO_ROOT / "benchmarks" / "reference.yaml")
+    reference_file = reference_file or paths.reference_file()
     md, page = Path(out_dir) / "leaderboard.md", Path(out_dir) / "leaderboard.html"
     # Read the records and write the pages under one lock: a concurrent build that read fewer records
     # cannot overwrite a newer leaderboard after it.
@@ -523,7 +523,7 @@ def main(argv: list[str]) -> int:
     root = paths.output_root()  # GENBENCH_HOME, else the working directory: where `bench` writes records
     p.add_argument("--results-dir", type=Path, default=paths.results_dir(root))
     p.add_argument("--out-dir", type=Path, default=root / "benchmarks")
-    p.add_argument("--reference", type=Path, default=REPO_ROOT / "benchmarks" / "reference.yaml")
+    p.add_argument("--reference", type=Path, default=None, help="published numbers (default: the packaged reference.yaml)")
     args = p.parse_args(argv)
     for path in build(args.results_dir, args.out_dir, args.reference):
         print(f"genbench: wrote {path}")

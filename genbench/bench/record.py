@@ -108,6 +108,10 @@ GENERATED_OUTPUTS = ("benchmarks/results", "benchmarks/leaderboard.md", "benchma
 def git_sha(root: Path | None = None) -> dict[str, Any]:
     """The commit of the checkout at ``root`` (default: this project's) and whether its code is modified."""
     root = Path(root) if root is not None else Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        # an installed wheel: its site-packages may sit inside some other repository (a venv in a checkout),
+        # whose commit would be misattributed to this code; the package version names the code instead
+        return {"sha": None, "dirty": None, "installed_version": _installed_version()}
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
         # dirty = tracked code or configs differ from the commit; the bench's own outputs do not count
@@ -117,6 +121,13 @@ def git_sha(root: Path | None = None) -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         return {"sha": None, "dirty": None}
     return {"sha": sha or None, "dirty": dirty}
+
+
+def _installed_version() -> str | None:
+    try:
+        return metadata.version("genbench")
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def cpu_model() -> str | None:

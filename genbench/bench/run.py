@@ -16,6 +16,7 @@ import csv
 import json
 import netrc
 import os
+import re
 import sys
 import time
 from contextlib import ExitStack
@@ -47,7 +48,7 @@ from genbench.bench.leaderboard import build as build_leaderboard
 from genbench.bench.plots import save_sample_grid
 from genbench.bench.record import ResultRecord, atomic_write_text, environment, redact, write_record
 from genbench.bench.wandb_utils import log_final, log_leaderboard
-from genbench.data import dataset_names
+from genbench.data import dataset_names, dataset_spec, external
 from genbench.data.sources import DataSourceError
 from genbench.io import DiskFullError, file_lock
 from genbench.lightning_cli import make_cli
@@ -65,18 +66,63 @@ def profiles(configs_dir: Path, model: str | None = None) -> list[str]:
     return out
 
 
-def config_files(configs_dir: Path, model: str, data: str, profile: str) -> list[Path]:
-    """The YAML files of a run, in composition order; raises BenchError listing valid values."""
+CUSTOM_MODEL_PROFILE = "custom"  # profile/<profile>/custom.yaml: budget and protocol for a model given by class path
+
+
+@dataclass(frozen=True)
+class Names:
+    """What ``--model``/``--data``/``--run-name`` resolve to: the names a run is filed under."""
+
+    model: str  # registry name, or the class name of a model given by class path
+    class_path: str | None  # "pkg.module.Class" for a model outside the registry
+    family: str
+    data: str  # the dataset's file-name-safe name (own data: with a content hash)
+    data_spec: str  # as given (a name, folder:PATH or hf:ID[:COLUMN])
+
+
+def resolve_model(model: str) -> tuple[str, str | None, str]:
+    """``(name, class_path or None, family)`` of a registry name or a ``pkg.module.Class`` path."""
     registry.import_all()
-    if model not in registry.model_names():
-        raise BenchError(f"unknown MODEL {model!r}; valid: {', '.join(registry.model_names())}")
-    if data not in dataset_names():
-        raise BenchError(f"unknown DATA {data!r}; valid: {', '.join(dataset_names())}")
-    valid_profiles = profiles(configs_dir, model)
+    if model in registry.model_names():
+        return model, None, registry.model_class(model).family
+    if "." not in model and ":" not in model:
+        raise BenchError(f"unknown MODEL {model!r}; valid: {', '.join(registry.model_names())}, or the class path "
+                         "of your own GenerativeModel subclass (pkg.module.Class)")
+    try:
+        cls = registry.class_from_path(model)
+    except (ImportError, AttributeError, TypeError, ValueError) as err:
+        raise BenchError(f"MODEL {model!r}: {err}") from None
+    return cls.__name__.lower(), f"{cls.__module__}.{cls.__qualname__}", cls.family
+
+
+def resolve_names(model: str, data: str) -> Names:
+    name, class_path, family = resolve_model(model)
+    if not external.is_external(data) and data not in dataset_names():
+        raise BenchError(f"unknown DATA {data!r}; valid: {', '.join(dataset_names())}, or your own images as "
+                         "folder:PATH or hf:DATASET_ID[:IMAGE_COLUMN]")
+    try:
+        slug = dataset_spec(data).name
+    except DataSourceError as err:
+        raise BenchError(str(err)) from None
+    return Names(model=name, class_path=class_path, family=family, data=slug, data_spec=data)
+
+
+def config_files(configs_dir: Path, model: str, data: str, profile: str) -> list[Path]:
+    """The YAML files of a run, in composition order; raises BenchError listing valid values.
+
+    A model given by class path composes ``profile/<profile>/custom.yaml`` (budget and protocol, no model
+    arguments) instead of the files of a registered model; own data (``folder:``/``hf:``) has no data file."""
+    names = resolve_names(model, data)
+    model_key = names.model if names.class_path is None else CUSTOM_MODEL_PROFILE
+    valid_profiles = profiles(configs_dir, model_key)
     if profile not in valid_profiles:
         raise BenchError(f"unknown PROFILE {profile!r} for MODEL {model!r}; valid: {', '.join(valid_profiles)}")
-    files = [configs_dir / "trainer" / "default.yaml", configs_dir / "data" / f"{data}.yaml",
-             configs_dir / "model" / f"{model}.yaml", configs_dir / "profile" / profile / f"{model}.yaml"]
+    files = [configs_dir / "trainer" / "default.yaml"]
+    if not external.is_external(data):
+        files.append(configs_dir / "data" / f"{data}.yaml")
+    if names.class_path is None:
+        files.append(configs_dir / "model" / f"{model}.yaml")
+    files.append(configs_dir / "profile" / profile / f"{model_key}.yaml")
     files += shared_profile_files(configs_dir, profile)
     for f in files:
         if not f.is_file():
@@ -154,8 +200,15 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         i = argv.index("--")
         argv, extra = argv[:i], argv[i + 1:]
     p = argparse.ArgumentParser(prog="python -m genbench bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="gan | vae | realnvp | ddpm")
-    p.add_argument("--data", default="mnist", help="dataset name (default mnist)")
+    p.add_argument("--model", default=None,
+                   help="gan | vae | realnvp | ddpm, or the class path of your own GenerativeModel (pkg.module.Class); "
+                        "required unless --checkpoint names it")
+    p.add_argument("--data", default=None,
+                   help="dataset name (default mnist, or the checkpoint's), or your own images: folder:PATH or "
+                        "hf:DATASET_ID[:IMAGE_COLUMN]")
+    p.add_argument("--run-name", default=None,
+                   help="a variant's name: the run is filed as <data>-<profile>-<model>-<run-name>-seed<seed> "
+                        "(e.g. for the same model with other -- overrides)")
     p.add_argument("--profile", default="quick", help="smoke | quick | paper (default quick)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--devices", default="auto", help="trainer devices (e.g. 1, 2, auto)")
@@ -166,8 +219,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                    help=f"root of the outputs: runs/ and benchmarks/ (results, leaderboard) go under it "
                         f"(default: ${paths.HOME_ENV}, else the working directory)")
     p.add_argument("--configs-dir", type=Path, default=None,
-                   help=f"the config tree (default: configs/ of ${paths.HOME_ENV}, else of the working directory)")
-    p.add_argument("--results-dir", type=Path, default=None, help="result records (default: OUTPUT_DIR/benchmarks/results)")
+                   help=f"the config tree (default: ${paths.CONFIGS_ENV}, else the one shipped with genbench)")
+    p.add_argument("--results-dir", type=Path, default=None,
+                   help="result records (default: OUTPUT_DIR/benchmarks/results; smoke runs OUTPUT_DIR/benchmarks/smoke/results)")
     p.add_argument("--runs-dir", type=Path, default=None, help="run directories (default: OUTPUT_DIR/runs)")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="evaluate this checkpoint instead of training (e.g. runs/.../checkpoints/last.ckpt)")
@@ -179,11 +233,27 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--no-leaderboard", action="store_true", help="do not rebuild the leaderboard afterwards")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = p.parse_args(argv)
-    root = paths.output_root(args.output_dir)
-    args.configs_dir = args.configs_dir if args.configs_dir is not None else paths.configs_dir()
-    args.results_dir = args.results_dir if args.results_dir is not None else paths.results_dir(root)
+    if args.model is None and args.checkpoint is None:
+        p.error("--model is required (a registered name or pkg.module.Class), unless --checkpoint names it")
+    if args.checkpoint is None and args.data is None:
+        args.data = DEFAULT_DATA
+    if args.run_name is not None and not RUN_NAME.fullmatch(args.run_name):
+        p.error(f"--run-name {args.run_name!r}: use letters, digits, '_', '.' and '-' only")
+    args.output_root = root = paths.output_root(args.output_dir)
+    args.configs_dir = paths.configs_dir(args.configs_dir)
+    args.results_dir = args.results_dir if args.results_dir is not None else paths.results_dir(root, args.profile)
     args.runs_dir = args.runs_dir if args.runs_dir is not None else paths.runs_dir(root)
     return args, extra
+
+
+RUN_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def run_identity(names: Names, args: argparse.Namespace) -> tuple[str, Path]:
+    """The run id and run directory of a bench invocation (before any eval-only renaming)."""
+    model_dir = names.model if args.run_name is None else f"{names.model}-{args.run_name}"
+    run_id = f"{names.data}-{args.profile}-{model_dir}-seed{args.seed}"
+    return run_id, args.runs_dir / names.data / args.profile / model_dir / f"seed{args.seed}"
 
 
 def _launch_rank() -> int:
@@ -198,10 +268,15 @@ def run(args: argparse.Namespace, extra: list[str]) -> Path | None:
     """Run one benchmark; returns the record path on rank 0 (None on other ranks)."""
     guards.check_seed(args.seed)
     guards.check_fresh_flags(args.fresh, args.checkpoint)
-    run_dir = args.runs_dir / args.data / args.profile / args.model / f"seed{args.seed}"
+    if args.checkpoint is not None and not hasattr(args, "checkpoint_model"):
+        apply_checkpoint_identity(args)
     if _launch_rank() != 0:
         return _run(args, extra)
     config_files(args.configs_dir, args.model, args.data, args.profile)  # bad names fail before any directory is made
+    names = resolve_names(args.model, args.data)
+    if external.is_external(args.data):
+        print("genbench: data " + external.describe_inferred(external.load_external(args.data)))
+    _, run_dir = run_identity(names, args)
     guards.check_extra_configs(extra)
     if not args.no_leaderboard and args.checkpoint is None:
         guards.check_leaderboard_writable(args.results_dir)
@@ -235,6 +310,7 @@ class RunPlan:
     run_dir: Path
     results_dir: Path
     eval_state: dict[str, Any] | None  # the checkpoint to evaluate (eval-only), loaded and checked
+    names: Names | None = None
 
     @property
     def eval_only(self) -> bool:
@@ -269,12 +345,12 @@ class BenchSession:
 def plan_run(args: argparse.Namespace, extra: list[str]) -> RunPlan:
     """Stage 1: config files, identity and directories (created and checked writable)."""
     files = config_files(args.configs_dir, args.model, args.data, args.profile)
+    names = resolve_names(args.model, args.data)
     try:
         cadence = parse_checkpoint_every(args.checkpoint_every)
     except ValueError as err:
         raise BenchError(str(err)) from None
-    run_id = f"{args.data}-{args.profile}-{args.model}-seed{args.seed}"
-    run_dir = args.runs_dir / args.data / args.profile / args.model / f"seed{args.seed}"
+    run_id, run_dir = run_identity(names, args)
     results_dir = args.results_dir
     eval_state = None
     if args.checkpoint is not None:  # eval-only: its own id and directories, never the trained run's
@@ -288,14 +364,58 @@ def plan_run(args: argparse.Namespace, extra: list[str]) -> RunPlan:
                              "DIR naming a writable directory") from None
         if not os.access(d, os.W_OK):
             raise BenchError(f"{what} directory {d} is not writable; pass --{what}-dir DIR naming a writable one")
-    return RunPlan(args=args, extra=extra, files=files, cadence=cadence, family=registry.model_class(args.model).family,
-                   run_id=run_id, run_dir=run_dir, results_dir=results_dir, eval_state=eval_state)
+    return RunPlan(args=args, extra=extra, files=files, cadence=cadence, family=names.family, run_id=run_id,
+                   run_dir=run_dir, results_dir=results_dir, eval_state=eval_state, names=names)
+
+
+def checkpoint_hparams(path: Path) -> dict[str, Any]:
+    """The model's class path and ``__init__`` arguments saved in a Lightning checkpoint (LightningCLI saves
+    them as ``hyper_parameters`` with ``_class_path``), and the datamodule's."""
+    state = guards.load_checkpoint(path)
+    hp = dict(state.get("hyper_parameters") or {})
+    class_path = hp.pop("_class_path", None)
+    hp.pop("_instantiator", None)
+    for linked in LINKED_FROM_DATA:
+        hp.pop(linked, None)
+    return {"class_path": class_path, "init_args": hp, "data": dict(state.get("datamodule_hyper_parameters") or {})}
+
+
+LINKED_FROM_DATA = ("data_shape", "num_levels", "num_classes")
+
+
+def apply_checkpoint_identity(args: argparse.Namespace) -> None:
+    """With ``--checkpoint``: the model (and, unless given, the data) are those the checkpoint was trained with."""
+    saved = checkpoint_hparams(args.checkpoint)
+    args.checkpoint_model = None
+    if saved["class_path"] is not None:
+        registered = {target.replace(":", "."): name for name, target in registry.MODELS.items()}
+        own = registered.get(saved["class_path"], saved["class_path"])
+        if args.model is None:
+            args.model = own
+        elif resolve_model(args.model)[1:] != resolve_model(own)[1:]:
+            raise BenchError(f"--model {args.model} does not match the checkpoint's model {saved['class_path']}; "
+                             "drop --model (the checkpoint names its model)")
+        args.checkpoint_model = {"class_path": saved["class_path"], "init_args": saved["init_args"]}
+    if args.data is None:
+        args.data = saved["data"].get("dataset") or DEFAULT_DATA
+    if args.model is None:
+        raise BenchError(f"{args.checkpoint} names no model class (not written by genbench/LightningCLI); pass --model")
+
+
+DEFAULT_DATA = "mnist"
 
 
 def trainer_args(plan: RunPlan) -> list[str]:
     """The LightningCLI arguments of the run: its config files, then the bench flags, then ``-- ...``."""
     args = plan.args
-    cli_args = [f"--config={f}" for f in plan.files] + [
+    cli_args = [f"--config={f}" for f in plan.files]
+    if plan.names is not None and plan.names.class_path is not None:
+        cli_args.append(f"--model.class_path={plan.names.class_path}")
+    if external.is_external(args.data):
+        cli_args.append(f"--data.dataset={args.data}")
+    if getattr(args, "checkpoint_model", None):  # the checkpoint's own architecture, before any -- override
+        cli_args.append("--model=" + json.dumps(args.checkpoint_model))
+    cli_args += [
         f"--seed_everything={args.seed}",
         f"--trainer.default_root_dir={plan.run_dir}",
         f"--trainer.devices={args.devices}",
@@ -322,15 +442,15 @@ def build_trainer(plan: RunPlan) -> BenchSession:
         ModelCheckpoint(dirpath=plan.ckpt_dir, save_last=True, save_top_k=0, **plan.cadence),
         SampleGrid(run_dir / "samples"),
     ]
-    logger = make_logger(plan.run_id, run_dir, group=f"{args.data}-{args.profile}",
-                         tags=[plan.family, args.model, args.data, args.profile], enabled=not args.no_wandb,
+    logger = make_logger(plan.run_id, run_dir, group=f"{plan.names.data}-{args.profile}",
+                         tags=[plan.family, plan.names.model, plan.names.data, args.profile], enabled=not args.no_wandb,
                          fresh=args.fresh)
     csv_logger = CSVLogger(save_dir=str(run_dir), name="csv")  # a new version per invocation: resumes append
     cli = make_cli(trainer_args(plan), run=False, save_config_callback=None,
                    trainer_defaults={"callbacks": callbacks, "logger": [lg for lg in (logger, csv_logger) if lg],
                                      "plugins": [AtomicCheckpointIO()]})
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
-    resolved = redact(yaml.safe_load(cli.parser.dump(cli.config, skip_none=False)))
+    resolved = portable_config(yaml.safe_load(cli.parser.dump(cli.config, skip_none=False)), args.output_root)
     provenance.set_config(resolved)
     eval_cfg = EvalConfig(**resolved.get("evaluation", {}))
     guards.check_inception_weights(eval_cfg, dm)
@@ -351,11 +471,29 @@ def build_trainer(plan: RunPlan) -> BenchSession:
     first_ckpt = next(i for i, cb in enumerate(trainer.callbacks) if isinstance(cb, ModelCheckpoint))
     trainer.callbacks.insert(first_ckpt, curve)
     if logger:
-        logger.log_hyperparams({"bench": {"model": args.model, "data": args.data, "profile": args.profile,
-                                          "seed": args.seed}, **resolved})
+        logger.log_hyperparams({"bench": {"model": plan.names.model, "data": plan.names.data, "profile": args.profile,
+                                          "seed": args.seed, "run_name": args.run_name}, **resolved})
     return BenchSession(trainer=trainer, model=model, dm=dm, resolved=resolved, eval_cfg=eval_cfg, logger=logger,
                         throughput=throughput, provenance=provenance, budget=budget, curve=curve,
                         resume_state=resume_state)
+
+
+RUNTIME_TRAINER_KEYS = ("logger", "callbacks", "plugins")  # objects the bench attaches itself; not reloadable
+
+
+def portable_config(resolved: dict[str, Any], root: Path) -> dict[str, Any]:
+    """The resolved config as saved in ``config.yaml`` and the record: secrets redacted, the loggers,
+    callbacks and plugins the bench attaches itself left out (jsonargparse cannot serialise those objects,
+    and ``genbench fit --config config.yaml`` adds its own), and the run directory relative to the output
+    root, so the file reloads with ``genbench fit --config`` from that root."""
+    out = redact(resolved)
+    trainer = dict(out.get("trainer") or {})
+    for key in RUNTIME_TRAINER_KEYS:
+        trainer.pop(key, None)
+    if trainer.get("default_root_dir"):
+        trainer["default_root_dir"] = paths.relative_to_root(trainer["default_root_dir"], root)
+    out["trainer"] = trainer
+    return out
 
 
 def fit_or_load(plan: RunPlan, bench: BenchSession) -> tuple[str | None, float]:
@@ -366,7 +504,7 @@ def fit_or_load(plan: RunPlan, bench: BenchSession) -> tuple[str | None, float]:
     if plan.eval_only:
         # Evaluate a given checkpoint without training: the validation loop starts the strategy (and, under
         # DDP, the other ranks), then every rank runs the distributed-aware evaluation.
-        guards.load_weights(model, plan.eval_state, plan.args.checkpoint, plan.args.model)
+        guards.load_weights(model, plan.eval_state, plan.args.checkpoint, plan.names.model)
         restore_callback_states(plan.eval_state, (bench.budget, bench.curve, bench.throughput))  # its training
         bench.provenance.load_from(plan.eval_state)  # the commit and config that trained these weights
         ckpt_path = str(plan.args.checkpoint)
@@ -404,19 +542,23 @@ def write_result(plan: RunPlan, bench: BenchSession, metrics: dict[str, Any], ck
     save_sample_grid(samples, grid_path, title=plan.run_id, levels=max(model.num_levels, 2))
     throughput = bench.throughput
     record = ResultRecord(
-        run_id=plan.run_id, model=args.model, family=plan.family, dataset=args.data, profile=args.profile,
+        run_id=plan.run_id, model=plan.names.model, family=plan.family, dataset=plan.names.data, profile=args.profile,
         seed=args.seed, metrics=metrics, params=model.num_parameters(),
         train={"wall_time_s": throughput.train_seconds, "images": throughput.images,
                "images_per_s": throughput.images_per_s, "fit_wall_s_this_invocation": fit_wall_s,
-               "steps": steps, "epochs": trainer.current_epoch, "resumed_from": ckpt_path,
+               "steps": steps, "epochs": trainer.current_epoch,
+               "resumed_from": paths.relative_to_root(ckpt_path, args.output_root),
                "precision": str(trainer.precision), "world_size": trainer.world_size,
                "torch_threads": torch.get_num_threads(),
                "checkpoint": "last (no selection by a reported metric)",
                "curves": read_curves(plan.run_dir / "csv"), "quality_curve": bench.curve.points},
         compute={"training": budget.summary(steps, stopped_by), "sampling": sampling_cost(model)},
         evaluation={**bench.eval_cfg.to_dict(), "wall_time_s": eval_wall_s},
-        data=bench.dm.describe(), model_info=model.describe(), environment=environment(), config=bench.resolved,
-        artifacts={"sample_grid": os.path.relpath(grid_path, plan.results_dir), "run_dir": str(plan.run_dir)},
+        data=bench.dm.describe(), environment=environment(), config=bench.resolved,
+        model_info={**model.describe(), "class_path": f"{type(model).__module__}.{type(model).__qualname__}",
+                    "run_name": args.run_name},
+        artifacts={"sample_grid": os.path.relpath(grid_path, plan.results_dir),
+                   "run_dir": paths.relative_to_root(plan.run_dir, args.output_root)},
     )
     record.train.update(bench.provenance.record_fields())
     path = write_record(record, plan.results_dir)
@@ -433,7 +575,7 @@ def publish(plan: RunPlan, bench: BenchSession, record: ResultRecord, grid_path:
         outputs = build_leaderboard(args.results_dir, args.results_dir.parent)
         print("genbench: leaderboard -> " + ", ".join(str(p) for p in outputs))
         if logger:
-            log_leaderboard(logger, args.results_dir, args.data, args.profile)
+            log_leaderboard(logger, args.results_dir, plan.names.data, args.profile)
     if logger:
         logger.experiment.finish()
 

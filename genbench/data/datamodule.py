@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from genbench.data import sources
+from genbench.data import external, sources
 from genbench.data.resume import PositionedLoader, ResumableSampler
 from genbench.data.toy2d import TOY2D, make_toy2d
 
@@ -32,11 +32,16 @@ def dataset_names() -> list[str]:
 
 
 def dataset_spec(name: str) -> sources.DatasetSpec:
+    """The spec of a dataset name, or of your own data (``folder:PATH``, ``hf:ID[:COLUMN]``: loaded and
+    inferred once per process; the spec's ``name`` is then a file-name-safe name with a content hash)."""
+    if external.is_external(name):
+        return external.load_external(name).spec
     if name in sources.IMAGE_DATASETS:
         return sources.IMAGE_DATASETS[name]
     if name in TOY2D:
         return sources.DatasetSpec(name, "points", (2,), 0, TOY2D[name].num_classes)
-    raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(dataset_names())}")
+    raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(dataset_names())}, or your own images as "
+                     "folder:PATH or hf:DATASET_ID[:IMAGE_COLUMN]")
 
 
 class FlipDataset(torch.utils.data.Dataset):
@@ -72,7 +77,9 @@ class GenDataModule(L.LightningDataModule):
     """Shared datamodule.
 
     Args:
-        dataset: one of :func:`dataset_names` (mnist, fashion_mnist, cifar10, digits, or a toy2d density).
+        dataset: one of :func:`dataset_names` (mnist, fashion_mnist, cifar10, digits, or a toy2d density), or
+            your own images: ``folder:PATH`` or ``hf:DATASET_ID_OR_SAVED_PATH[:IMAGE_COLUMN]``
+            (:mod:`genbench.data.external`; shape, levels and classes are inferred).
         batch_size: training batch size per device.
         eval_batch_size: batch size of the validation and test loaders.
         val_size: images carved out of the official train split for validation
@@ -107,7 +114,9 @@ class GenDataModule(L.LightningDataModule):
         if val_size is not None and val_size < 0:
             raise ValueError(f"val_size must be >= 0, got {val_size}")
         self.save_hyperparameters()
-        self.dataset = dataset
+        self.data_spec = dataset  # as given; ``dataset`` is the spec's file-name-safe name
+        self.dataset = self.spec.name
+        self.external = external.load_external(dataset) if external.is_external(dataset) else None
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.val_size = val_size
@@ -138,7 +147,7 @@ class GenDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------ Lightning hooks
     def prepare_data(self) -> None:
-        if not self.is_continuous:
+        if not self.is_continuous and self.external is None:
             sources.prepare(self.dataset)
 
     def setup(self, stage: str | None = None) -> None:
@@ -150,7 +159,7 @@ class GenDataModule(L.LightningDataModule):
             sx, sy = density.sample(TOY_TEST_SIZE, torch.Generator().manual_seed(TOY_TEST_SEED))
             self.source = f"toy2d:{self.dataset}"
         else:
-            s = sources.load(self.dataset)
+            s = self.external.splits if self.external is not None else sources.load(self.dataset)
             tx, ty, sx, sy = (torch.from_numpy(np.array(a, copy=True)) for a in (s.train_x, s.train_y, s.test_x, s.test_y))
             self.source = s.source
         val_size = min(5000, len(tx) // 10) if self.val_size is None else self.val_size
@@ -226,4 +235,5 @@ class GenDataModule(L.LightningDataModule):
             "sizes": {k: len(v[0]) for k, v in self._splits.items()},
             "val_split": {"size": self.resolved_val_size, "seed": self.split_seed, "sha256_16": digest},
             "augmentation": "hflip" if self.hflip else "none",
+            **({"inferred": self.external.inferred} if self.external is not None else {}),
         }

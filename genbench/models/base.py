@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import math
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar
@@ -31,7 +32,10 @@ LIKELIHOOD_EXACT = "exact"  # the model's own exact log-likelihood of the data i
 LIKELIHOOD_BOUND = "bound"  # a variational / importance-weighted lower bound on log-likelihood
 LIKELIHOOD_NONE = "none"  # no density (GAN)
 
+# The project's own families. The list is open: a model outside it declares its own ``family`` (a short
+# lower-case name, e.g. "autoregressive"), which the record and the leaderboard show as given.
 FAMILIES = ("gan", "vae", "flow", "diffusion")
+FAMILY_NAME = re.compile(r"[a-z][a-z0-9_-]*")
 
 
 class LikelihoodUnavailable(NotImplementedError):
@@ -68,8 +72,9 @@ class GenerativeModel(L.LightningModule, abc.ABC):
 
     def __init__(self, data_shape: tuple[int, ...], num_levels: int, num_classes: int) -> None:
         super().__init__()
-        if self.family not in FAMILIES:
-            raise TypeError(f"{type(self).__name__}.family must be one of {FAMILIES}, got {self.family!r}")
+        if not isinstance(self.family, str) or not FAMILY_NAME.fullmatch(self.family):
+            raise TypeError(f"{type(self).__name__}.family must name the model's family in lower case (e.g. one of "
+                            f"{', '.join(FAMILIES)}, or your own such as 'autoregressive'), got {self.family!r}")
         self.data_shape = tuple(int(s) for s in data_shape)
         self.num_levels = int(num_levels)
         self.num_classes = int(num_classes)
