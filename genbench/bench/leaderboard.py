@@ -665,6 +665,10 @@ document.querySelectorAll('table').forEach(function(t){
         return (x<y?-1:x>y?1:0)*(dir==='asc'?1:-1);});
       rows.forEach(function(r){body.appendChild(r);});});});
 });
+// once loaded, the page records how many of its images decoded (read by a headless-browser test)
+window.addEventListener('load',function(){var ok=0;for(var i=0;i<document.images.length;i++){
+  var im=document.images[i];if(im.complete&&im.naturalWidth>0)ok++;}
+  document.body.setAttribute('data-images-decoded',ok+'/'+document.images.length);});
 """
 
 GRID_DISPLAY_PX = 480  # pixel-exact grids are shown at the largest whole-number zoom that fits this width
