@@ -41,11 +41,12 @@ test-all: install ## Run every test, the slow ones included
 	WANDB_MODE=offline HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q
 
 bench: install ## Fit + evaluate MODEL on DATA with PROFILE, write the record and refresh the leaderboard
+	$(if $(filter file,$(origin PROFILE)),@echo "genbench: PROFILE=$(PROFILE) (the default) trains about 10-20 minutes per model on a CPU; a first try in seconds: make bench MODEL=$(MODEL) PROFILE=smoke")
 	$(PY) -m genbench bench --model $(MODEL) --data $(DATA) --profile $(PROFILE) --seed $(SEED) \
 		--devices $(DEVICES) $(if $(PRECISION),--precision $(PRECISION)) $(BENCH_ARGS)
 
 bench-all: install ## Run `make bench` for every family
-	for m in ddpm vae realnvp gan; do $(MAKE) --no-print-directory bench MODEL=$$m || exit 1; done
+	for m in ddpm vae realnvp gan; do $(MAKE) --no-print-directory bench MODEL=$$m PROFILE=$(PROFILE) || exit 1; done
 
 restore: install ## Zero-shot restoration (TASK=inpaint_box|inpaint_50|inpaint_80|sr2|sr4|denoise|blur|all) with the DDPM of DATA/PROFILE, trained by `make bench` if absent
 	@test "$(MODEL)" = ddpm || { echo "make restore: MODEL=$(MODEL) has no diffusion prior; restoration needs MODEL=ddpm" >&2; exit 2; }
