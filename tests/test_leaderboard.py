@@ -228,3 +228,19 @@ function(r){return r.cells[2].textContent;}).join(','));});</script></body>"""))
                    capture_output=True, timeout=120)
     with Image.open(shot) as im:
         assert im.size == (1400, 3000) and len(im.convert("L").getcolors(1 << 16) or []) > 50  # drawn, not blank
+
+
+def test_points_dataset_builds_with_scatter_and_without_image_plots(tmp_path):
+    res = tmp_path / "results"
+    rec = ResultRecord(run_id="eight_gaussians-smoke-realnvp-seed0", model="realnvp", family="flow",
+                       dataset="eight_gaussians", profile="smoke", seed=0,
+                       metrics={T.NLL_NATS: {"value": 3.1, "n": 100}, T.SAMPLING: {"images_per_s": 1e4}},
+                       params=100, train={"wall_time_s": 1.0, "images_per_s": 10.0}, evaluation={},
+                       data={"shape": [2], "kind": "points"}, model_info={}, environment={}, config={},
+                       artifacts={"sample_grid": "samples/eight_gaussians-smoke-realnvp-seed0.png"})
+    write_record(rec, res)
+    plots.save_sample_grid(torch.randn(64, 2), res / rec.artifacts["sample_grid"], title="points")
+    _, page = leaderboard.build(res, tmp_path)
+    text = page.read_text()
+    assert "a scatter plot of the samples" in text and "alt='real data'" not in text  # no real grid for points
+    assert "FID against sampler steps: no record" in text and "-fid_vs_bpd" not in text

@@ -616,9 +616,12 @@ def grids(table: dict[str, Any], results_dir: Path, data: dict[str, Any]) -> lis
         with Image.open(path) as im:
             size = im.size
         shape = (r.data or {}).get("shape") or []
-        exact = len(shape) == 3 and plots.is_pixel_exact_grid(size, (shape[1], shape[2]))
+        images = len(shape) == 3
+        exact = images and plots.is_pixel_exact_grid(size, (shape[1], shape[2]))
         out.append({"name": r.run_id, "label": _label(r), "caption": _metric_caption(r), "png": png, "path": path,
-                    "size": size, "pixel_exact": exact})
+                    "size": size, "pixel_exact": exact,
+                    "note": "" if exact else "older record: a resampled figure, not pixel-exact" if images
+                    else "a scatter plot of the samples"})
     return out
 
 
@@ -708,8 +711,8 @@ def _html_grid(g: dict[str, Any]) -> str:
     if g["pixel_exact"]:
         zoom = max(1, GRID_DISPLAY_PX // w)
         style, note = f"width:{w * zoom}px;height:{h * zoom}px", f"{w}×{h} px shown ×{zoom}, nearest neighbour"
-    else:  # an older record's grid: a resampled matplotlib figure, shown as it is
-        style, note = f"width:{w}px", "older record: a resampled figure, not pixel-exact"
+    else:  # a scatter plot (2-D data), or an older record's grid (a resampled figure): shown as it is
+        style, note = f"width:{w}px", g.get("note", "")
     return (f"<figure><img src='data:image/png;base64,{_b64(g['png'])}' style='{style}' "
             f"alt='{html.escape(g['label'], quote=True)}'><figcaption><b>{html.escape(g['label'])}</b>"
             f"{html.escape(g['caption'])}<br><small>{html.escape(note)}</small></figcaption></figure>")
