@@ -87,6 +87,7 @@ def test_config_is_logged_once_and_clean(ddpm_run):
 def test_training_logs_learning_rate_grad_norm_and_quality_curve(ddpm_run):
     keys = ddpm_run["content"]["history_keys"]
     assert "lr-AdamW" in keys and "grad_norm/total" in keys and "curve/bpd" in keys and "curve/domain_fd" in keys
+    assert "train/images_per_s" in keys
     norms = [row["grad_norm/total"] for row in ddpm_run["content"]["history"] if "grad_norm/total" in row]
     lrs = [row["lr-AdamW"] for row in ddpm_run["content"]["history"] if "lr-AdamW" in row]
     assert norms and all(v > 0 for v in norms) and lrs and all(v > 0 for v in lrs)

@@ -21,7 +21,9 @@ from genbench.bench.plots import save_sample_grid
 class TrainThroughput(L.Callback):
     """Wall time spent in training batches and images/s across all ranks (validation time excluded).
 
-    The totals are part of the callback state, so a resumed run keeps counting where it stopped.
+    The totals are part of the callback state, so a resumed run keeps counting where it stopped. The running
+    images/s is logged as ``train/images_per_s``. (Lightning's ``ThroughputMonitor`` times from the start of
+    training, so the quality-curve evaluations inside the fit would count as training time.)
     """
 
     def __init__(self) -> None:
@@ -37,6 +39,7 @@ class TrainThroughput(L.Callback):
             self.train_seconds += time.perf_counter() - self._t0
             self.images += int(batch[0].shape[0]) * trainer.world_size
             self._t0 = None
+            pl_module.log("train/images_per_s", self.images_per_s, on_step=True, on_epoch=False)
 
     @property
     def images_per_s(self) -> float:
