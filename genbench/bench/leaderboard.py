@@ -3,9 +3,9 @@
 One section per dataset x profile: a table, the sample grids beside real test images, and the plots
 (quality against training compute, FID against bits/dim, FID against sampler steps, class coverage,
 training curves). The HTML page is one self-contained file (images embedded, a few lines of inline
-JavaScript to sort the table); the markdown links the same figures, written under
-``leaderboard_files/`` beside it. In each table genbench's rows aggregate the records of one model over seeds (mean, and
-std when there are several seeds; one seed = its latest record), so reruns never duplicate a row. Beside
+JavaScript to sort the table); the markdown links the same figures, written under ``leaderboard_files/``
+beside it. In each table genbench's rows aggregate the records of one model over seeds (mean, and std
+when there are several seeds; one seed = its latest record), so reruns never duplicate a row. Beside
 them: the real-vs-real FID floor at the same n, the per-pixel histogram bits/dim baseline computed from
 the data, and published reference rows from ``benchmarks/reference.yaml``, each marked as such.
 """
@@ -396,7 +396,7 @@ def render_markdown(tables: list[dict[str, Any]], out_dir: Path | None = None) -
         if published:
             out += ["Published rows:", *[f"- {n}" for n in published], ""]
         for note in _notes(t):
-            out += [note.replace("**", "") if note.startswith("Samplers") else note, ""]
+            out += [note, ""]
         grid_links = [(g, link(g, g["label"])) for g in t.get("grids", [])]
         grid_links = [(g, s) for g, s in grid_links if s]
         if grid_links:
