@@ -43,6 +43,7 @@ test-all: install ## Run every test, the slow ones included
 	WANDB_MODE=offline HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q
 
 bench: install ## Fit + evaluate MODEL on DATA with PROFILE, write the record and refresh the leaderboard
+	$(if $(filter file,$(origin PROFILE)),@echo "genbench: PROFILE=$(PROFILE) (the default) trains about 10-20 minutes per model on a CPU; for a first try (the whole pipeline in about a minute): make bench MODEL=$(MODEL) PROFILE=smoke")
 	$(PY) -m genbench bench --model $(MODEL) --data $(DATA) --profile $(PROFILE) --seed $(SEED) \
 		--devices $(DEVICES) $(if $(PRECISION),--precision $(PRECISION)) $(BENCH_ARGS)
 

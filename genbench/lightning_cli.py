@@ -19,7 +19,15 @@ from genbench.models.base import GenerativeModel
 
 
 class GenBenchCLI(LightningCLI):
-    """LightningCLI with the datamodule's metadata linked into the model's ``__init__``."""
+    """LightningCLI with the datamodule's metadata linked into the model's ``__init__``.
+
+    ``trainer_objects`` (e.g. loggers, plugins) go to the Trainer as they are, outside the parser: the
+    resolved config then holds only what a YAML file can say, and jsonargparse never tries to serialise them.
+    """
+
+    def __init__(self, *args, trainer_objects: dict | None = None, **kwargs) -> None:
+        self.trainer_objects = dict(trainer_objects or {})
+        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for attr in ("data_shape", "num_levels", "num_classes"):
@@ -31,7 +39,7 @@ class GenBenchCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs):
         budget = BudgetConfig(**dict(self._get(self.config_init, "budget", default={}) or {}))
-        trainer = super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**{**self.trainer_objects, **kwargs})
         trainer.callbacks.insert(0, TrainingBudget(budget.train_images))  # first: later callbacks see its count
         return trainer
 
@@ -39,15 +47,23 @@ class GenBenchCLI(LightningCLI):
 def make_cli(args: list[str] | None = None, run: bool = True, **kwargs) -> GenBenchCLI:
     """Build the LightningCLI over every registered model (any subclass of GenerativeModel)."""
     registry.import_all()  # so every model class is known to jsonargparse by its short name
-    return GenBenchCLI(
-        GenerativeModel,
-        GenDataModule,
-        subclass_mode_model=True,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-        run=run,
-        **kwargs,
-    )
+    # Given ``args`` (the bench), the process's own command line is not the CLI's: hide it, or LightningCLI
+    # warns of a mix-up between the two.
+    argv = sys.argv
+    if args is not None:
+        sys.argv = sys.argv[:1]
+    try:
+        return GenBenchCLI(
+            GenerativeModel,
+            GenDataModule,
+            subclass_mode_model=True,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+            run=run,
+            **kwargs,
+        )
+    finally:
+        sys.argv = argv
 
 
 def _run_command(command: str, argv: list[str]) -> int:

@@ -126,7 +126,7 @@ def test_leaderboard_shows_compute_flags_truncated_runs_and_plots_quality_agains
     assert "**1.500" in ddpm_row  # the best bits/dim among the complete runs
     assert "ddpm: 96000 training images of a 96000 budget, 13 GFLOP/image; sampling 2 GFLOP/image " \
            "(50 network evaluations)" in text
-    assert "quality against training compute" in page.read_text()
+    assert "Quality against training compute (training PFLOP" in page.read_text() and "-quality_vs_compute'><img" in page.read_text()
 
 
 def _bench(tmp: Path, *extra: str, env: dict[str, str]) -> subprocess.CompletedProcess:

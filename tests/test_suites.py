@@ -82,13 +82,25 @@ def test_leaderboard_columns_and_direction_come_from_the_table(monkeypatch):
     rows = [{"_num": {T.FID: 5.0, T.PRECISION: 0.2}, T.FID: "5.0", T.PRECISION: "0.200"},
             {"_num": {T.FID: 3.0, T.PRECISION: 0.1}, T.FID: "3.0", T.PRECISION: "0.100"}]
     leaderboard._mark_best(rows)
-    assert rows[1][T.FID] == "**3.0**" and rows[0][T.FID] == "5.0"
-    assert rows[0][T.PRECISION] == "**0.200**" and rows[1][T.PRECISION] == "0.100"
+    assert rows[1]["_best"] == {T.FID} and rows[0]["_best"] == {T.PRECISION}
+    assert leaderboard._markdown_cell(rows[1], T.FID) == "**3.0**" and leaderboard._markdown_cell(rows[0], T.FID) == "5.0"
     # flip a declared direction: the leaderboard follows it
     monkeypatch.setitem(leaderboard.LOWER_IS_BETTER, T.PRECISION, True)
     rows = [{"_num": {T.PRECISION: 0.2}, T.PRECISION: "0.200"}, {"_num": {T.PRECISION: 0.1}, T.PRECISION: "0.100"}]
     leaderboard._mark_best(rows)
-    assert rows[1][T.PRECISION] == "**0.100**"
+    assert rows[1]["_best"] == {T.PRECISION} and rows[0]["_best"] == set()
+
+
+def test_leaderboard_bolds_every_tied_best_row_and_none_when_all_tie():
+    # ties are judged at the digits shown: 0.0004 and 0.0001 both read 0.000 (3 digits)
+    rows = [{"_num": {T.EXTRACTION_RATE: 0.0004, T.FID: 3.01}}, {"_num": {T.EXTRACTION_RATE: 0.0001, T.FID: 2.96}},
+            {"_num": {T.EXTRACTION_RATE: 0.0, T.FID: 9.0}}]
+    leaderboard._mark_best(rows)
+    assert [T.EXTRACTION_RATE in r["_best"] for r in rows] == [False, False, False]  # every row ties: no winner
+    assert [T.FID in r["_best"] for r in rows] == [True, True, False]  # 3.0 and 3.0 at one digit: both bold
+    rows.append({"_num": {T.EXTRACTION_RATE: 0.25, T.FID: None}})
+    leaderboard._mark_best(rows)
+    assert [T.EXTRACTION_RATE in r["_best"] for r in rows] == [True, True, True, False]
 
 
 # ------------------------------------------------------------------------------------------------ suites

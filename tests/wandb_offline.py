@@ -7,7 +7,13 @@ from typing import Any
 
 
 def read_offline_run(run_path: Path) -> dict[str, Any]:
-    """Summary, history keys and images of an offline W&B run directory (``offline-run-*``), without syncing.
+    """Summary, history keys, images, config, tables and artifacts of an offline W&B run directory
+    (``offline-run-*``), without syncing.
+
+    ``config``: every config update merged (keys as written); ``config_updates``: the keys of each update
+    record in order (to see what was written more than once); ``history``: the logged rows (key -> value);
+    ``tables``: the JSON of each logged table, by history key; ``artifacts``: name, type, file paths and
+    metadata of each logged artifact.
 
     The ``.wandb`` file is a sequence of protobuf ``Record`` messages in LevelDB's log framing (32 KiB
     blocks, 7-byte record headers) after a 7-byte W&B header.
@@ -41,6 +47,10 @@ def read_offline_run(run_path: Path) -> dict[str, Any]:
             pending = b""
     summary: dict[str, Any] = {}
     history_keys: set[str] = set()
+    history: list[dict[str, Any]] = []
+    config: dict[str, Any] = {}
+    config_updates: list[list[str]] = []
+    artifacts: list[dict[str, Any]] = []
     for raw in records:
         rec = pb.Record()
         rec.ParseFromString(raw)
@@ -49,6 +59,24 @@ def read_offline_run(run_path: Path) -> dict[str, Any]:
             for item in rec.summary.update:
                 summary[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
         elif kind == "history":
-            history_keys.update(item.key or "/".join(item.nested_key) for item in rec.history.item)
+            row = {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in rec.history.item}
+            history_keys.update(row)
+            history.append(row)
+        elif kind == "config":
+            keys = [item.key or "/".join(item.nested_key) for item in rec.config.update]
+            config_updates.append(keys)
+            for key, item in zip(keys, rec.config.update, strict=True):
+                config[key] = json.loads(item.value_json)
+        elif kind == "artifact":
+            a = rec.artifact
+            artifacts.append({"name": a.name, "type": a.type, "files": [e.path for e in a.manifest.contents],
+                              "metadata": json.loads(a.metadata) if a.metadata else {}})
+    tables = {}
+    for row in history:
+        for key, value in row.items():
+            if key.endswith("/_type") and value == "table-file":
+                base = key[: -len("/_type")]
+                tables[base] = json.loads((run_path / "files" / row[f"{base}/path"]).read_text())
     images = sorted(str(p.relative_to(run_path)) for p in (run_path / "files" / "media").rglob("*.png"))
-    return {"summary": summary, "history_keys": sorted(history_keys), "images": images}
+    return {"summary": summary, "history_keys": sorted(history_keys), "images": images, "history": history,
+            "config": config, "config_updates": config_updates, "tables": tables, "artifacts": artifacts}

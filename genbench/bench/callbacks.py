@@ -1,7 +1,8 @@
-"""Callbacks the bench runner attaches to every fit: training throughput and sample grids.
+"""Callbacks the bench runner attaches to every fit: training throughput, sample grids, gradient norms.
 
 They stay outside ``genbench.models`` so that models log only through ``self.log``; the W&B-specific
-part (images) lives here and works with any logger that has ``log_image``.
+part (images) lives here and works with any logger that has ``log_image``. The learning rate comes from
+Lightning's own ``LearningRateMonitor``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 
 from genbench.bench.plots import save_sample_grid
 
@@ -19,7 +21,9 @@ from genbench.bench.plots import save_sample_grid
 class TrainThroughput(L.Callback):
     """Wall time spent in training batches and images/s across all ranks (validation time excluded).
 
-    The totals are part of the callback state, so a resumed run keeps counting where it stopped.
+    The totals are part of the callback state, so a resumed run keeps counting where it stopped. The running
+    images/s is logged as ``train/images_per_s``. (Lightning's ``ThroughputMonitor`` times from the start of
+    training, so the quality-curve evaluations inside the fit would count as training time.)
     """
 
     def __init__(self) -> None:
@@ -35,6 +39,7 @@ class TrainThroughput(L.Callback):
             self.train_seconds += time.perf_counter() - self._t0
             self.images += int(batch[0].shape[0]) * trainer.world_size
             self._t0 = None
+            pl_module.log("train/images_per_s", self.images_per_s, on_step=True, on_epoch=False)
 
     @property
     def images_per_s(self) -> float:
@@ -65,6 +70,46 @@ class SampleGrid(L.Callback):
         for logger in trainer.loggers:
             if hasattr(logger, "log_image"):
                 logger.log_image(key="samples", images=[str(path)], step=trainer.global_step)
+
+
+class GradNormMonitor(L.Callback):
+    """Logs the L2 norm of the gradients each optimizer is about to apply, before any clipping.
+
+    ``grad_norm/total`` for a model with one optimizer; ``grad_norm/opt<i>`` for each of several (a GAN's
+    discriminator and generator), so a diverging player is visible. Norms come from
+    ``torch.nn.utils.get_total_norm`` over the parameters of the optimizer's groups; like every metric they are
+    written to the loggers every ``trainer.log_every_n_steps`` steps.
+    """
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        raw = getattr(optimizer, "optimizer", optimizer)  # a LightningOptimizer wraps the torch one
+        grads = [p.grad for group in raw.param_groups for p in group["params"] if p.grad is not None]
+        if not grads:
+            return
+        optimizers = [getattr(o, "optimizer", o) for o in trainer.optimizers]
+        name = "grad_norm/total" if len(optimizers) < 2 else f"grad_norm/opt{optimizers.index(raw)}"
+        norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+        pl_module.log(name, norm, on_step=True, on_epoch=False)
+
+
+class VersionlessProgressBar(TQDMProgressBar):
+    """Lightning's progress bar without ``v_num``: with a W&B and a CSV logger it shows the tails of both
+    versions joined (``v_num=47_0``), which names nothing a user can look up."""
+
+    def get_metrics(self, trainer, pl_module) -> dict[str, Any]:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        return items
+
+
+def drop_version_from_progress_bar(trainer: L.Trainer) -> None:
+    """Replace the trainer's default ``TQDMProgressBar`` (if that is its bar) by :class:`VersionlessProgressBar`."""
+    bar = trainer.progress_bar_callback
+    if type(bar) is TQDMProgressBar:
+        i = trainer.callbacks.index(bar)
+        trainer.callbacks[i] = VersionlessProgressBar(refresh_rate=bar.refresh_rate,
+                                                      process_position=bar.process_position,
+                                                      leave=getattr(bar, "_leave", False))
 
 
 class NonFiniteLossError(RuntimeError):

@@ -1,7 +1,11 @@
 """``python -m genbench leaderboard``: result records -> ``benchmarks/leaderboard.md`` and ``.html``.
 
-One table per dataset x profile. genbench's rows aggregate the records of one model over seeds (mean, and
-std when there are several seeds; one seed = its latest record), so reruns never duplicate a row. Beside
+One section per dataset x profile: a table, the sample grids beside real test images, and the plots
+(quality against training compute, FID against bits/dim, FID against sampler steps, class coverage,
+training curves). The HTML page is one self-contained file (images embedded, a few lines of inline
+JavaScript to sort the table); the markdown links the same figures, written under ``leaderboard_files/``
+beside it. In each table genbench's rows aggregate the records of one model over seeds (mean, and std
+when there are several seeds; one seed = its latest record), so reruns never duplicate a row. Beside
 them: the real-vs-real FID floor at the same n, the per-pixel histogram bits/dim baseline computed from
 the data, and published reference rows from ``configs/reference.yaml``, each marked as such.
 """
@@ -13,6 +17,7 @@ import base64
 import html
 import io
 import math
+import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -20,15 +25,20 @@ from typing import Any
 import yaml
 
 from genbench import paths
+from genbench.bench import plots
 from genbench.bench.record import ResultRecord, atomic_write_text, load_records
 from genbench.io import file_lock
 from genbench.metrics import table as T
 from genbench.restoration.report import restoration_html, restoration_markdown
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+ASSETS_DIR = "leaderboard_files"  # beside leaderboard.md: the figures and real-data grids it links
 _BOARD = T.leaderboard_metrics()
 LOWER_IS_BETTER = {m.key: m.lower_is_better for m in _BOARD}
 DIGITS = {m.key: m.digits for m in _BOARD}
+# Numeric columns that are not metrics of the table (their labels carry their units); the throughputs are
+# better higher (an arrow in the header; never bold: they measure the machine as much as the model)
+_EXTRA_NUMERIC = ("params", "train_time", "train_pflop", "train_images_per_s", "sample_images_per_s", "seeds")
+_HIGHER_IS_BETTER = ("train_images_per_s", "sample_images_per_s")
 COLUMNS = ["source", "family", "model", *DIGITS, "params", "train_time", "train_pflop", "train_images_per_s",
            "sample_images_per_s", "seeds"]
 HEADERS = {"source": "", "family": "family", "model": "model", **{m.key: m.label for m in _BOARD},
@@ -160,25 +170,76 @@ def table_rows(records: list[ResultRecord]) -> list[dict[str, Any]]:
             if key == T.BPD and m.get("available") is False:
                 text = "n/a (no density)"
             row[key] = text
+        num = numeric_row(recs)
+        row["_num"].update({k: num[k] for k in _EXTRA_NUMERIC})
         row["params"] = _fmt_params(first.params)
-        row["train_time"] = _fmt_time(_agg([r.train.get("wall_time_s") for r in recs])[0])
-        pflop = _agg([_compute(r, "train_pflop") for r in recs])[0]
-        images = _agg([_compute(r, "images_seen") for r in recs])[0]
-        row["train_pflop"] = "—" if pflop is None else f"{pflop:.3g} ({_fmt_count(images)} img)"
+        row["train_time"] = _fmt_time(num["train_wall_time_s"])
+        pflop = num["train_pflop"]
+        row["train_pflop"] = "—" if pflop is None else f"{pflop:.3g} ({_fmt_count(num['images_seen'])} img)"
         row["train_images_per_s"] = _fmt(*_agg([r.train.get("images_per_s") for r in recs]), 1)
         row["sample_images_per_s"] = _fmt(*_agg([(r.metrics.get(T.SAMPLING) or {}).get("images_per_s") for r in recs]), 1)
         rows.append(row)
     return rows
 
 
+def numeric_row(recs: list[ResultRecord]) -> dict[str, Any]:
+    """One model's row as numbers (means over its records; None where absent): a key per leaderboard
+    metric, then parameters, training time and compute, throughput. What W&B's leaderboard table holds."""
+    first = recs[0]
+    out: dict[str, Any] = {"family": first.family, "model": first.model, "seeds": len(recs),
+                           "truncated": bool(_truncated(recs))}
+    out.update({key: _agg([_value(r, key) for r in recs])[0] for key in DIGITS})
+    wall = _agg([r.train.get("wall_time_s") for r in recs])[0]
+    out.update({
+        "params": first.params,
+        "train_wall_time_s": wall,
+        "train_time": None if wall is None else wall / 60,
+        "train_pflop": _agg([_compute(r, "train_pflop") for r in recs])[0],
+        "images_seen": _agg([_compute(r, "images_seen") for r in recs])[0],
+        "train_images_per_s": _agg([r.train.get("images_per_s") for r in recs])[0],
+        "sample_images_per_s": _agg([(r.metrics.get(T.SAMPLING) or {}).get("images_per_s") for r in recs])[0],
+    })
+    return out
+
+
+def numeric_rows(records: list[ResultRecord]) -> list[dict[str, Any]]:
+    """:func:`numeric_row` of each model among ``records`` (one dataset x profile), sorted by model."""
+    by_model: dict[str, list[ResultRecord]] = defaultdict(list)
+    for r in records:
+        by_model[r.model].append(r)
+    return [numeric_row(recs) for _, recs in sorted(by_model.items())]
+
+
 def _mark_best(rows: list[dict[str, Any]]) -> None:
+    """Adds to each row's ``_best`` the metrics where it is best among the complete genbench rows.
+
+    Values are compared as displayed (rounded to the metric's digits), so rows that tie are all marked;
+    when every row ties, none is (no row is better than another)."""
+    for row in rows:
+        row.setdefault("_best", set())
     for key, lower in LOWER_IS_BETTER.items():
-        vals = [(r["_num"][key], i) for i, r in enumerate(rows)
+        vals = [(round(r["_num"][key], DIGITS[key]), i) for i, r in enumerate(rows)
                 if r["_num"].get(key) is not None and not r.get("_truncated")]
         if len(vals) < 2:
             continue
-        best = (min if lower else max)(vals)[1]
-        rows[best][key] = f"**{rows[best][key]}**"
+        best = (min if lower else max)(v for v, _ in vals)
+        winners = [i for v, i in vals if v == best]
+        if len(winners) < len(vals):
+            for i in winners:
+                rows[i]["_best"].add(key)
+
+
+def header(column: str) -> str:
+    """A column's header: its label and an arrow for its direction (↓ lower is better, ↑ higher)."""
+    lower = LOWER_IS_BETTER.get(column, False if column in _HIGHER_IS_BETTER else None)
+    arrow = "" if lower is None else (" ↓" if lower else " ↑")
+    return HEADERS[column] + arrow
+
+
+def unit(column: str) -> str:
+    """A metric column's unit from the metric table ("" where the label says it, or for FID which has none)."""
+    m = T.METRICS.get(column)
+    return "" if m is None or m.unit == m.label else m.unit
 
 
 def reference_rows(dataset: str, reference_file: Path) -> list[dict[str, Any]]:
@@ -193,36 +254,45 @@ def reference_rows(dataset: str, reference_file: Path) -> list[dict[str, Any]]:
         rows.append({"source": "published", "family": ref.get("family", ""), "model": ref["model"], T.BPD: bpd,
                      T.FID: fid, T.KID: "—", T.PRECISION: "—", T.RECALL: "—", "params": "—", "train_time": "—",
                      "train_images_per_s": "—", "sample_images_per_s": "—", "seeds": "—",
+                     "_num": {T.BPD: ref.get(T.BPD), T.FID: ref.get(T.FID)},
                      "_note": f"{ref.get('citation', '')}; {ref.get('protocol', '')}"})
     return rows
 
 
-def baseline_rows(dataset: str, records: list[ResultRecord]) -> list[dict[str, Any]]:
-    """The real-vs-real FID floor (from the records) and the per-pixel histogram bpd (from the data)."""
+def _floor(records: list[ResultRecord], key: str) -> dict[str, Any] | None:
+    """The latest real-vs-real entry ``key`` (FID or domain FD floor) among ``records``."""
+    found = [r.metrics.get(key) for r in records if isinstance(r.metrics.get(key), dict)]
+    found = [f for f in found if isinstance(f.get("value"), (int, float))]
+    return found[-1] if found else None
+
+
+def baseline_rows(dataset: str, records: list[ResultRecord], hist_bpd: float | None = None) -> list[dict[str, Any]]:
+    """The real-vs-real FID floor (from the records) and the per-pixel histogram bpd (``hist_bpd``, from the data)."""
     rows = []
-    floors = [r.metrics.get(T.FID_FLOOR) for r in records if isinstance(r.metrics.get(T.FID_FLOOR), dict)]
-    floors = [f for f in floors if isinstance(f.get("value"), (int, float))]
-    if floors:
-        f = floors[-1]
+    f = _floor(records, T.FID_FLOOR)
+    if f is not None:
+        kid = f.get("kid") if isinstance(f.get("kid"), (int, float)) else None
         rows.append({"source": "floor", "family": "real data", "model": f"real vs real ({f.get('protocol', '')})",
-                     T.BPD: "—", T.FID: f"{f['value']:.1f} @{f.get('n')}", T.KID: _fmt(f["kid"], f.get("kid_std"), 4)
-                     if isinstance(f.get("kid"), (int, float)) else "—", T.PRECISION: "—", T.RECALL: "—",
-                     "params": "—", "train_time": "—", "train_images_per_s": "—", "sample_images_per_s": "—",
-                     "seeds": "—"})
-        dom = [r.metrics.get(T.DOMAIN_FD_FLOOR) for r in records if isinstance(r.metrics.get(T.DOMAIN_FD_FLOOR), dict)]
-        dom = [d for d in dom if isinstance(d.get("value"), (int, float))]
-        if dom:
-            rows[-1][T.DOMAIN_FD] = f"{dom[-1]['value']:.1f} @{dom[-1].get('n')}"
-    hist = _pixel_histogram(dataset)
-    if hist is not None:
+                     T.BPD: "—", T.FID: f"{f['value']:.1f} @{f.get('n')}",
+                     T.KID: _fmt(kid, f.get("kid_std"), 4) if kid is not None else "—", T.PRECISION: "—",
+                     T.RECALL: "—", "params": "—", "train_time": "—", "train_images_per_s": "—",
+                     "sample_images_per_s": "—", "seeds": "—", "_num": {T.FID: f["value"], T.KID: kid}})
+        dom = _floor(records, T.DOMAIN_FD_FLOOR)
+        if dom is not None:
+            rows[-1][T.DOMAIN_FD] = f"{dom['value']:.1f} @{dom.get('n')}"
+            rows[-1]["_num"][T.DOMAIN_FD] = dom["value"]
+    if hist_bpd is not None:
         rows.append({"source": "baseline", "family": "—", "model": "per-pixel histogram (fit on train)",
-                     T.BPD: f"{hist:.3f} (exact)", T.FID: "—", T.KID: "—", T.PRECISION: "—", T.RECALL: "—",
+                     T.BPD: f"{hist_bpd:.3f} (exact)", T.FID: "—", T.KID: "—", T.PRECISION: "—", T.RECALL: "—",
                      "params": "—", "train_time": "—", "train_images_per_s": "—", "sample_images_per_s": "—",
-                     "seeds": "—"})
+                     "seeds": "—", "_num": {T.BPD: hist_bpd}})
     return rows
 
 
-def _pixel_histogram(dataset: str) -> float | None:
+def _data(dataset: str) -> dict[str, Any]:
+    """From the dataset itself: the per-pixel histogram bits/dim (a categorical per pixel fitted on the
+    training split, scored on the test split) and the first ``GRID_IMAGES`` test images for the real-data
+    grid. Either is None for a dataset without an offline source or without images."""
     try:
         import torch
 
@@ -231,64 +301,112 @@ def _pixel_histogram(dataset: str) -> float | None:
 
         dm = GenDataModule(dataset)
         if dm.is_continuous:
-            return None
+            return {"hist_bpd": None, "real": None, "levels": None}
         dm.prepare_data()
         dm.setup()
         train = torch.cat([dm.split("train")[0], dm.split("val")[0]])
-        return pixel_histogram_bpd(train, dm.split("test")[0], dm.num_levels)
-    except Exception:  # a dataset without an offline source simply has no baseline row
-        return None
+        test = dm.split("test")[0]
+        return {"hist_bpd": pixel_histogram_bpd(train, test, dm.num_levels), "real": test[:plots.GRID_IMAGES],
+                "levels": dm.num_levels}
+    except Exception:  # noqa: BLE001 - a dataset without an offline source simply has no baseline row or grid
+        return {"hist_bpd": None, "real": None, "levels": None}
+
+
+def _markdown_cell(row: dict[str, Any], column: str) -> str:
+    text = str(row.get(column, "—"))
+    return f"**{text}**" if column in row.get("_best", ()) else text
 
 
 def _markdown_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(HEADERS[c] for c in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines = ["| " + " | ".join(header(c) for c in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
-        lines.append("| " + " | ".join(str(r.get(c, "—")) for c in COLUMNS) + " |")
+        lines.append("| " + " | ".join(_markdown_cell(r, c) for c in COLUMNS) + " |")
     return "\n".join(lines)
 
 
 def build_tables(results_dir: Path, reference_file: Path) -> list[dict[str, Any]]:
+    """One table per dataset x profile: its records, rows, reference values, figures and sample grids.
+
+    Figures are PNG bytes (``figures``: name, caption, png); grids are the records' sample grids and the
+    real-data grid (``grids``: label, caption, png, and ``path`` where the PNG is already a file)."""
     records = load_records(results_dir)
     groups: dict[tuple[str, str], list[ResultRecord]] = defaultdict(list)
     for r in records:
         groups[(r.dataset, r.profile)].append(r)
+    data = {dataset: _data(dataset) for dataset in sorted({d for d, _ in groups})}
     tables = []
     for (dataset, profile), recs in sorted(groups.items()):
         ours = table_rows(recs)
         _mark_best(ours)
-        tables.append({"dataset": dataset, "profile": profile, "records": recs, "ours": ours,
-                       "baselines": baseline_rows(dataset, recs), "references": reference_rows(dataset, reference_file)})
+        t = {"dataset": dataset, "profile": profile, "records": recs, "ours": ours,
+             "baselines": baseline_rows(dataset, recs, data[dataset]["hist_bpd"]),
+             "references": reference_rows(dataset, reference_file), "hist_bpd": data[dataset]["hist_bpd"],
+             "fid_floor": _floor(recs, T.FID_FLOOR), "domain_fd_floor": _floor(recs, T.DOMAIN_FD_FLOOR)}
+        t["figures"] = figures(t)
+        t["grids"] = grids(t, Path(results_dir), data[dataset])
+        tables.append(t)
     return tables
 
 
-def render_markdown(tables: list[dict[str, Any]]) -> str:
+INTRO = ("Rows marked *genbench* are this project's runs (mean ± std over seeds where there are several; otherwise "
+         "the latest record of the one seed). FID/KID are only comparable at equal n and reference split; *floor* "
+         "is real-vs-real at the same n; *baseline* is an independent per-pixel categorical fitted on the training "
+         "split; *published* rows are quoted from the papers (citations and protocols below each table) under "
+         "their own protocols. Bits/dim: upper bounds on the discrete NLL where marked `bound` (every model scored "
+         "here; the histogram baseline is exact), with the standard error over the n test images scored (se) and "
+         "n; the nats they come from are in the notes below each table. ↓ lower is better, ↑ higher is better; "
+         "**bold** = best genbench value in the table (rows that tie at the digits shown are all bold; none when "
+         "every row ties; a truncated run is never bold).")
+
+
+def _sampler_note(records: list[ResultRecord]) -> str:
+    protos = sorted({f"{r.model}: {r.metrics.get(T.SAMPLING, {}).get('sampler', 'n/a')}, "
+                     f"steps {r.metrics.get(T.SAMPLING, {}).get('steps', 'n/a')}" for r in _latest(records).values()
+                     if r.metrics.get(T.SAMPLING, {}).get("sampler")})
+    return "Samplers: " + "; ".join(protos) + "." if protos else ""
+
+
+def _published_notes(table: dict[str, Any]) -> list[str]:
+    return [f"{r['model']}: {r['_note']}" for r in table["references"]]
+
+
+def _notes(table: dict[str, Any]) -> list[str]:
+    recs = table["records"]
+    return [n for n in (_sampler_note(recs), _domain_note(recs), _likelihood_note(recs), _provenance_note(recs),
+                        _compute_note(recs)) if n]
+
+
+def render_markdown(tables: list[dict[str, Any]], out_dir: Path | None = None) -> str:
+    """The leaderboard as markdown: per table, the rows, notes, and the grids and plots as image links
+    (paths relative to ``out_dir``; only entries that have a ``path``)."""
+
+    def link(entry: dict[str, Any], alt: str) -> str | None:
+        if entry.get("path") is None or out_dir is None:
+            return None
+        return f"![{alt}]({os.path.relpath(entry['path'], out_dir)})"
+
     out = ["# genbench leaderboard", "",
-           "Generated by `make leaderboard` from `benchmarks/results/*.json`. Rows marked *genbench* are this "
-           "project's runs (mean ± std over seeds where there are several; otherwise the latest record of the "
-           "one seed). FID/KID are only comparable at equal n and reference split; *floor* is real-vs-real "
-           "at the same n; *baseline* is an independent per-pixel categorical fitted on the training split; "
-           "*published* rows are quoted from the papers (see the notes) under their own protocols. "
-           "Bits/dim: upper bounds on the discrete NLL where marked `bound` (every model scored here; the "
-           "histogram baseline is exact), with the standard error over the n test images scored (se) and n; "
-           "the nats they come from are in the notes below each table. **Bold** = best genbench value in the "
-           "table.", ""]
+           "Generated by `make leaderboard` from `benchmarks/results/*.json`; `leaderboard.html` beside it is the "
+           "same page with sortable tables and every image embedded. " + INTRO, ""]
     for t in tables:
         out += [f"## {t['dataset']} — profile `{t['profile']}`", "",
                 _markdown_table(t["ours"] + t["baselines"] + t["references"]), ""]
-        notes = [f"- {r['model']}: {r['_note']}" for r in t["references"]]
-        protos = sorted({f"{r.model}: sampler {r.metrics.get('sampling', {}).get('sampler', 'n/a')}, "
-                         f"steps {r.metrics.get('sampling', {}).get('steps', 'n/a')}" for r in t["records"]
-                         if r.metrics.get(T.SAMPLING, {}).get("sampler")})
-        if protos:
-            out += ["Samplers: " + "; ".join(protos), ""]
-        if notes:
-            out += ["Published rows:", *notes, ""]
-        domain = _domain_note(t["records"])
-        if domain:
-            out += [domain, ""]
-        for note in (_likelihood_note(t["records"]), _provenance_note(t["records"]), _compute_note(t["records"])):
-            if note:
-                out += [note, ""]
+        published = _published_notes(t)
+        if published:
+            out += ["Published rows:", *[f"- {n}" for n in published], ""]
+        for note in _notes(t):
+            out += [note, ""]
+        grid_links = [(g, link(g, g["label"])) for g in t.get("grids", [])]
+        grid_links = [(g, s) for g, s in grid_links if s]
+        if grid_links:
+            out += ["### Samples", "", "| " + " | ".join(g["label"] for g, _ in grid_links) + " |",
+                    "|" + "---|" * len(grid_links), "| " + " | ".join(s for _, s in grid_links) + " |",
+                    "| " + " | ".join(g["caption"] for g, _ in grid_links) + " |", ""]
+        figs = [(f, link(f, f["name"])) for f in t.get("figures", [])]
+        if figs:
+            out += ["### Plots", ""]
+            for f, s in figs:
+                out += ([s, ""] if s else []) + [f"*{f['caption']}*", ""]
     return "\n".join(out) + "\n"
 
 
@@ -379,143 +497,318 @@ def _domain_note(records: list[ResultRecord]) -> str:
     return ""
 
 
-def _png_b64(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight", dpi=90)
-    return base64.b64encode(buf.getvalue()).decode()
+def section_id(table: dict[str, Any]) -> str:
+    return f"{table['dataset']}-{table['profile']}"
 
 
-def _plots(table: dict[str, Any]) -> list[tuple[str, str]]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plots = []
-    recs = table["records"]
-    pts = [(r.family, r.model, _value(r, T.BPD), _value(r, T.FID)) for r in recs]
-    pts = [p for p in pts if p[2] is not None and p[3] is not None]
-    if pts:
-        fig, ax = plt.subplots(figsize=(4.5, 3.5))
-        for fam, model, b, f in pts:
-            ax.scatter(b, f, label=f"{model} ({fam})")
-        ax.set_xlabel("bits/dim (lower is better)")
-        ax.set_ylabel("FID (lower is better)")
-        ax.legend(fontsize=7)
-        plots.append(("bits/dim against FID by family", _png_b64(fig)))
-        plt.close(fig)
-    curves = [(r.model, r.train.get("curves", {})) for r in recs if r.train.get("curves")]
-    if curves:
-        keys = sorted({k for _, c in curves for k in c})
-        fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
-        for ax, key in zip(axes[0], keys, strict=True):
-            for model, c in curves:
-                if key in c and c[key]:
-                    steps, vals = zip(*c[key], strict=True)
-                    ax.plot(steps, vals, label=model)
-            ax.set_title(key, fontsize=9)
-            ax.set_xlabel("step")
-            ax.legend(fontsize=7)
-        plots.append(("training curves", _png_b64(fig)))
-        plt.close(fig)
-    fig = _quality_vs_compute_figure(recs, plt)
-    if fig is not None:
-        plots.append(("quality against training compute (log PFLOP), measured during training", _png_b64(fig)))
-        plt.close(fig)
-    sweeps = [(r.model, r.metrics.get(T.FID_VS_STEPS)) for r in recs if r.metrics.get(T.FID_VS_STEPS)]
-    if sweeps:
-        fig, ax = plt.subplots(figsize=(4.5, 3.5))
-        for model, sweep in sweeps:
-            ax.plot([s["steps"] for s in sweep], [s[T.FID] for s in sweep], marker="o", label=model)
-        ax.set_xscale("log")
-        ax.set_xlabel("sampler steps")
-        ax.set_ylabel("FID")
-        ax.legend(fontsize=7)
-        plots.append(("DDPM FID against sampler steps", _png_b64(fig)))
-        plt.close(fig)
-    return plots
+def _label(r: ResultRecord) -> str:
+    return f"{r.model} ({r.family})" if r.family != r.model else r.model
 
 
-CURVE_METRICS = {m.curve_key: m.curve_label for m in T.curve_metrics() if m.curve_label}
+def figures(table: dict[str, Any]) -> list[dict[str, Any]]:
+    """The plots of one table as PNG bytes: ``name`` (a file name stem), ``caption``, ``png``; a plot whose
+    data no record holds is a ``missing`` entry (its caption says what would produce it)."""
+    latest = _latest(table["records"])
+    stem = section_id(table)
+    fid_floor = (table.get("fid_floor") or {}).get("value")
+    floor_n = (table.get("fid_floor") or {}).get("n")
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, caption: str, fig: Any, missing: str = "") -> None:
+        if fig is not None:
+            out.append({"name": f"{stem}-{name}", "caption": caption, "png": plots.png_bytes(fig)})
+        elif missing:
+            out.append({"name": f"{stem}-{name}", "caption": missing, "png": None})
+
+    # quality against training compute: the curve measured during training
+    curves = {_label(r): [p for p in r.train.get("quality_curve", []) if p.get("train_flops")] for r in latest.values()}
+    curves = {k: v for k, v in curves.items() if v}
+    n_of = {m.curve_key: next((p.get("n_likelihood" if m.curve_key == T.BPD else "n_samples")
+                               for pts in curves.values() for p in pts), None) for m in T.curve_metrics()}
+    panels = [(m.curve_key, f"{m.curve_label} @{n_of[m.curve_key]}" if n_of[m.curve_key] else m.curve_label)
+              for m in T.curve_metrics() if m.curve_label]
+    refs = {}
+    if table.get("hist_bpd") is not None:
+        refs[T.BPD] = (table["hist_bpd"], f"per-pixel histogram {table['hist_bpd']:.3f}")
+    if table.get("domain_fd_floor"):
+        refs["domain_fd"] = (table["domain_fd_floor"]["value"],
+                             f"real vs real {table['domain_fd_floor']['value']:.1f} @{table['domain_fd_floor'].get('n')}")
+    add("quality_vs_compute", "Quality against training compute (training PFLOP, log scale), measured during "
+        "training on a reduced protocol (n in each title); dashed: the per-pixel histogram and the real-vs-real "
+        "floor. Curve values compare with each other, not with the table (other n and subset).",
+        plots.quality_vs_compute_figure(curves, panels, refs),
+        "Quality against training compute: no record holds a training curve (train.quality_curve).")
+    # FID against bits/dim
+    points = [(_label(r), _value(r, T.BPD), _value(r, T.FID)) for r in latest.values() if _value(r, T.FID) is not None]
+    fid_n = next((r.metrics[T.FID].get("n") for r in latest.values() if _value(r, T.FID) is not None), None)
+    add("fid_vs_bpd", f"FID @{fid_n} against bits/dim (both lower is better). Dashed: the per-pixel histogram "
+        f"baseline (bits/dim, vertical) and the real-vs-real FID floor @{floor_n} (horizontal); a model without a "
+        "density is a dotted line at its FID.",
+        plots.bpd_fid_figure(points, table.get("hist_bpd"), fid_floor))
+    # FID against sampler steps
+    sweeps = {_label(r): [(int(s["steps"]), float(s[T.FID])) for s in r.metrics.get(T.FID_VS_STEPS) or []
+                          if isinstance(s, dict) and s.get(T.FID) is not None]
+              for r in latest.values()}
+    sweep_n = next((s.get("n") for r in latest.values() for s in r.metrics.get(T.FID_VS_STEPS) or []
+                    if isinstance(s, dict)), None)
+    add("fid_vs_steps", f"FID @{sweep_n} against the number of sampler steps (log scale); dashed: the real-vs-real "
+        "floor.", plots.fid_vs_steps_figure(sweeps, fid_floor),
+        "FID against sampler steps: no record in this table has a sampler sweep "
+        "(evaluation.sampler_steps_sweep; the paper and smoke DDPM profiles set one).")
+    # class coverage
+    hists = {}
+    for r in latest.values():
+        m = r.metrics.get(T.CLASS_COVERAGE)
+        if isinstance(m, dict) and m.get("sample_histogram") and m.get("real_histogram"):
+            hists[_label(r)] = {"sample": m["sample_histogram"], "real": m["real_histogram"],
+                                "title": f"{_label(r)}: TV {m['value']:.3f}, {m.get('classes_covered')}/"
+                                         f"{m.get('num_classes')} classes"}
+    cov_n = next((r.metrics[T.CLASS_COVERAGE].get("n") for r in latest.values()
+                  if isinstance(r.metrics.get(T.CLASS_COVERAGE), dict)), None)
+    add("class_coverage", f"Class coverage†: the share of n={cov_n} samples the domain classifier assigns to each "
+        "class (filled) beside the share among real test images (outlined); TV = total-variation distance.",
+        plots.class_coverage_figure(hists))
+    # training curves
+    train_curves = {r.model: r.train.get("curves") or {} for r in latest.values() if r.train.get("curves")}
+    add("training_curves", "Training curves logged by each model (x: optimizer steps). Each family's own loss "
+        "(GAN loss, DDPM MSE, VAE/flow negative log-likelihood) has its own panel; val/bpd is comparable across "
+        "models and shares one.", plots.training_curves_figure(train_curves))
+    return out
 
 
-def _quality_vs_compute_figure(records: list[ResultRecord], plt: Any) -> Any:
-    """One panel per curve metric: its value against training PFLOP (log x), one line per model."""
-    curves = {}
-    for r in records:
-        pts = [p for p in r.train.get("quality_curve", []) if p.get("train_flops")]
-        if pts:
-            curves[f"{r.model} ({r.family})"] = pts
-    keys = [k for k in CURVE_METRICS if any(p.get(k) is not None for pts in curves.values() for p in pts)]
-    if not keys:
-        return None
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
-    for ax, key in zip(axes[0], keys, strict=True):
-        for label, pts in sorted(curves.items()):
-            xy = [(p["train_flops"] / 1e15, p[key]) for p in pts if p.get(key) is not None]
-            if xy:
-                ax.plot(*zip(*xy, strict=True), marker="o", label=label)
-        n = next((p.get("n_likelihood" if key == T.BPD else "n_samples") for pts in curves.values() for p in pts), None)
-        ax.set_title(f"{CURVE_METRICS[key]}" + (f" @{n}" if n else ""), fontsize=9)
-        ax.set_xscale("log")
-        ax.set_xlabel("training PFLOP")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+def _metric_caption(r: ResultRecord) -> str:
+    """What sits under a sample grid: FID and bits/dim with n and the bound kind."""
+    parts = []
+    fid = r.metrics.get(T.FID)
+    if _value(r, T.FID) is not None:
+        parts.append(f"FID {fid['value']:.1f} @{fid.get('n')}")
+    bpd = r.metrics.get(T.BPD)
+    if _value(r, T.BPD) is not None:
+        parts.append(f"{bpd['value']:.3f} bits/dim ({bpd_kind(bpd)})")
+    elif isinstance(bpd, dict) and bpd.get("available") is False:
+        parts.append("no density")
+    return " · ".join(parts)
 
 
-def render_html(tables: list[dict[str, Any]], results_dir: Path) -> str:
-    def cell(v: Any) -> str:
-        s = html.escape(str(v))
-        if s.startswith("**") and s.endswith("**"):
-            return f"<b>{s[2:-2]}</b>"
-        return s
+def grids(table: dict[str, Any], results_dir: Path, data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The real-data grid (first test images, drawn like the samples) then each model's final sample grid."""
+    from PIL import Image
 
-    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>genbench leaderboard</title><style>"
-             "body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;font-size:13px}"
-             "td,th{border:1px solid #ccc;padding:3px 6px}tr.published{color:#666;font-style:italic}"
-             "tr.floor,tr.baseline{background:#f4f4f4}.grids img{width:220px;margin:4px}</style></head><body>",
-             "<h1>genbench leaderboard</h1><p>From <code>benchmarks/results/*.json</code>. genbench rows: mean ± std "
-             "over seeds (latest record for one seed). FID/KID comparable only at equal n and reference split. "
-             "Published rows are quoted under their papers' protocols. Bits/dim: upper bounds on the discrete NLL "
-             "where marked bound, with the standard error over the n test images scored (se) and n.</p>"]
-    for t in tables:
-        parts.append(f"<h2>{html.escape(t['dataset'])} — profile {html.escape(t['profile'])}</h2><table><tr>")
-        parts.append("".join(f"<th>{html.escape(HEADERS[c])}</th>" for c in COLUMNS) + "</tr>")
-        for r in t["ours"] + t["baselines"] + t["references"]:
-            title = f" title='{html.escape(r['_note'], quote=True)}'" if "_note" in r else ""
-            parts.append(f"<tr class='{r['source']}'{title}>" + "".join(f"<td>{cell(r.get(c, '—'))}</td>" for c in COLUMNS) + "</tr>")
-        parts.append("</table>")
-        for note in (_domain_note(t["records"]), _likelihood_note(t["records"]), _provenance_note(t["records"]),
-                     _compute_note(t["records"])):
-            if note:
-                parts.append(f"<p><small>{html.escape(note.replace('**', ''))}</small></p>")
-        for caption, b64 in _plots(t):
-            parts.append(f"<figure><img src='data:image/png;base64,{b64}'><figcaption>{html.escape(caption)}</figcaption></figure>")
-        grids = []
-        for r in t["records"]:
-            p = results_dir / r.artifacts.get("sample_grid", "")
-            if r.artifacts.get("sample_grid") and p.is_file():
-                b64 = base64.b64encode(p.read_bytes()).decode()
-                grids.append(f"<figure><img src='data:image/png;base64,{b64}'><figcaption>{html.escape(r.run_id)}</figcaption></figure>")
-        if grids:
-            parts.append("<div class='grids' style='display:flex;flex-wrap:wrap'>" + "".join(grids) + "</div>")
-    parts.append("</body></html>")
+    out: list[dict[str, Any]] = []
+    if data.get("real") is not None:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = plots.save_sample_grid(data["real"], Path(tmp) / "real.png", levels=max(data["levels"], 2))
+            png = path.read_bytes()
+        with Image.open(io.BytesIO(png)) as im:
+            size = im.size
+        out.append({"name": f"{table['dataset']}-real-test", "label": "real data",
+                    "caption": f"the first {int(data['real'].shape[0])} test images", "png": png, "path": None,
+                    "size": size, "pixel_exact": True})
+    for r in _latest(table["records"]).values():
+        rel = r.artifacts.get("sample_grid")
+        path = Path(results_dir) / rel if rel else None
+        if path is None or not path.is_file():
+            continue
+        png = path.read_bytes()
+        with Image.open(path) as im:
+            size = im.size
+        shape = (r.data or {}).get("shape") or []
+        images = len(shape) == 3
+        exact = images and plots.is_pixel_exact_grid(size, (shape[1], shape[2]))
+        out.append({"name": r.run_id, "label": _label(r), "caption": _metric_caption(r), "png": png, "path": path,
+                    "size": size, "pixel_exact": exact,
+                    "note": "" if exact else "older record: a resampled figure, not pixel-exact" if images
+                    else "a scatter plot of the samples"})
+    return out
+
+
+STYLE = """
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:0;color:#1d1d1f;background:#fafafa}
+main{max-width:1600px;margin:0 auto;padding:1.5em 2em 4em}
+header{background:#1f2a44;color:#fff;padding:1.2em 2em}header h1{margin:0 0 .2em;font-size:1.6em}
+header p{margin:.3em 0;max-width:1100px;font-size:13px;line-height:1.45;color:#dfe4ee}
+header a{color:#ffd479}nav{margin-top:.6em;font-size:14px}nav a{margin-right:1.2em}
+section{background:#fff;border:1px solid #e3e3e3;border-radius:6px;padding:1em 1.5em;margin:1.5em 0}
+h2{margin-top:.2em;border-bottom:2px solid #1f2a44;padding-bottom:.2em}h3{margin:1.2em 0 .4em;color:#1f2a44}
+.scroll{overflow-x:auto}table{border-collapse:collapse;font-size:12px}
+th{background:#eef1f6;cursor:pointer;user-select:none;vertical-align:bottom;position:relative}
+th small{display:block;font-weight:normal;color:#666}
+th[data-dir=asc]::after{content:' ▲';font-size:10px}th[data-dir=desc]::after{content:' ▼';font-size:10px}
+td,th{border:1px solid #d6d6d6;padding:3px 5px;text-align:left}td.num{text-align:right}
+td small{display:block;color:#666;font-size:10.5px;text-align:right}td.c-bpd small{min-width:12em}
+tr.genbench td{background:#fff}tr.floor td,tr.baseline td{background:#f3f6f3}
+tr.published td{color:#555;font-style:italic;background:#fbfbf7}td b{color:#0b5d1e}
+.legend{font-size:12px;color:#555}
+.grids{display:flex;flex-wrap:wrap;gap:18px;align-items:flex-start}
+.grids figure,.figs figure{margin:0;background:#fff}
+.grids img{image-rendering:pixelated;image-rendering:crisp-edges;border:1px solid #ccc;display:block}
+.grids figcaption{font-size:12.5px;margin-top:4px;max-width:480px}.grids figcaption b{display:block}
+.figs{display:flex;flex-wrap:wrap;gap:22px}.figs img{max-width:100%;display:block}
+.figs figcaption{font-size:12px;color:#444;max-width:760px;margin-top:4px}
+.missing{font-size:12.5px;color:#7a5a00;background:#fff8e1;border:1px solid #f0dca0;padding:6px 10px;border-radius:4px}
+ul.notes{font-size:12.5px;line-height:1.5;color:#333;padding-left:1.2em}ul.notes li{margin:.25em 0}
+"""
+
+# Click a header to sort its table (again to reverse); cells sort by data-v (numbers) or their text; empty
+# cells ("—") go last either way. Works for every table on the page (a header row in thead or first row).
+SORT_JS = """
+document.querySelectorAll('table').forEach(function(t){
+  var head=t.tHead?t.tHead.rows[0]:t.rows[0];
+  Array.prototype.forEach.call(head.cells,function(th,i){th.title=(th.title?th.title+' \\u2014 ':'')+'click to sort';
+    th.addEventListener('click',function(){
+      var body=t.tBodies[0],rows=Array.prototype.filter.call(body.rows,function(r){return r!==head;});
+      var dir=th.dataset.dir==='asc'?'desc':'asc';
+      Array.prototype.forEach.call(head.cells,function(h){delete h.dataset.dir;});th.dataset.dir=dir;
+      function key(r){var c=r.cells[i];if(!c)return null;var v=c.dataset.v!==undefined?c.dataset.v:c.textContent.trim();
+        if(v===''||v==='\\u2014')return null;var x=parseFloat(v);return (c.dataset.v!==undefined&&!isNaN(x))?x:v.toLowerCase();}
+      rows.sort(function(a,b){var x=key(a),y=key(b);if(x===null&&y===null)return 0;if(x===null)return 1;if(y===null)return -1;
+        return (x<y?-1:x>y?1:0)*(dir==='asc'?1:-1);});
+      rows.forEach(function(r){body.appendChild(r);});});});
+});
+// once loaded, the page records how many of its images decoded (read by a headless-browser test)
+window.addEventListener('load',function(){var ok=0;for(var i=0;i<document.images.length;i++){
+  var im=document.images[i];if(im.complete&&im.naturalWidth>0)ok++;}
+  document.body.setAttribute('data-images-decoded',ok+'/'+document.images.length);});
+"""
+
+GRID_DISPLAY_PX = 480  # pixel-exact grids are shown at the largest whole-number zoom that fits this width
+
+
+def _b64(png: bytes) -> str:
+    return base64.b64encode(png).decode()
+
+
+def _html_table(rows: list[dict[str, Any]]) -> str:
+    heads = []
+    for c in COLUMNS:
+        u = unit(c)
+        tip = {True: "lower is better", False: "higher is better"}.get(LOWER_IS_BETTER.get(c), "")
+        title = f" title='{html.escape(tip, quote=True)}'" if tip else ""
+        heads.append(f"<th{title}>{html.escape(header(c))}" + (f"<small>{html.escape(u)}</small>" if u else "") + "</th>")
+    body = []
+    for r in rows:
+        tds = []
+        for c in COLUMNS:
+            text = html.escape(str(r.get(c, "—")))
+            v = (r.get("_num") or {}).get(c)
+            if v is None and c == "seeds" and isinstance(r.get(c), int):
+                v = r[c]
+            attr = f" class='num c-{c}' data-v='{v!r}'" if isinstance(v, (int, float)) else ""
+            # a number's qualifiers (se, n, bound kind, reference split) go on a small second line
+            main, _, detail = text.partition(" ") if attr or text.startswith("n/a") else (text, "", "")
+            main = f"<b>{main}</b>" if c in r.get("_best", ()) else main
+            tds.append(f"<td{attr}>{main}" + (f"<small>{detail}</small>" if detail else "") + "</td>")
+        body.append(f"<tr class='{html.escape(r['source'])}'>" + "".join(tds) + "</tr>")
+    return ("<div class='scroll'><table>\n<thead><tr>" + "".join(heads) + "</tr></thead>\n<tbody>\n"
+            + "\n".join(body) + "\n</tbody></table></div>")
+
+
+def _html_grid(g: dict[str, Any]) -> str:
+    w, h = g["size"]
+    if g["pixel_exact"]:
+        zoom = max(1, GRID_DISPLAY_PX // w)
+        style, note = f"width:{w * zoom}px;height:{h * zoom}px", f"{w}×{h} px shown ×{zoom}, nearest neighbour"
+    else:  # a scatter plot (2-D data), or an older record's grid (a resampled figure): shown as it is
+        style, note = f"width:{w}px", g.get("note", "")
+    return (f"<figure><img src='data:image/png;base64,{_b64(g['png'])}' style='{style}' "
+            f"alt='{html.escape(g['label'], quote=True)}'><figcaption><b>{html.escape(g['label'])}</b>"
+            f"{html.escape(g['caption'])}<br><small>{html.escape(note)}</small></figcaption></figure>")
+
+
+def _html_section(t: dict[str, Any]) -> str:
+    parts = [f"<section id='{html.escape(section_id(t), quote=True)}'>",
+             f"<h2>{html.escape(t['dataset'])} — profile <code>{html.escape(t['profile'])}</code></h2>",
+             _html_table(t["ours"] + t["baselines"] + t["references"]),
+             "<p class='legend'>↓ lower is better, ↑ higher is better; bold: best genbench value (ties all bold); "
+             "click a header to sort. Green rows: real-data floor and per-pixel baseline; italic rows: published "
+             "numbers under their papers' protocols.</p>"]
+    published = _published_notes(t)
+    if published:
+        parts.append("<h3>Published rows: citations and protocols</h3><ul class='notes'>"
+                     + "".join(f"<li>{html.escape(n)}</li>" for n in published) + "</ul>")
+    if t.get("grids"):
+        parts.append("<h3>Samples beside real data</h3><div class='grids'>"
+                     + "".join(_html_grid(g) for g in t["grids"]) + "</div>")
+    figs = t.get("figures", [])
+    if figs:
+        parts.append("<h3>Plots</h3><div class='figs'>")
+        for f in figs:
+            if f["png"] is None:
+                parts.append(f"<p class='missing'>{html.escape(f['caption'])}</p>")
+            else:
+                parts.append(f"<figure id='{html.escape(f['name'], quote=True)}'><img src='data:image/png;base64,"
+                             f"{_b64(f['png'])}' alt='{html.escape(f['name'], quote=True)}'><figcaption>"
+                             f"{html.escape(f['caption'])}</figcaption></figure>")
+        parts.append("</div>")
+    notes = _notes(t)
+    if notes:
+        parts.append("<h3>Protocols, likelihoods, provenance and compute</h3><ul class='notes'>"
+                     + "".join(f"<li>{html.escape(n.replace('**', ''))}</li>" for n in notes) + "</ul>")
+    parts.append("</section>")
     return "\n".join(parts)
 
 
+def render_html(tables: list[dict[str, Any]], sections: tuple[tuple[str, str, str], ...] = ()) -> str:
+    """The leaderboard as one self-contained HTML page (images embedded, inline CSS and sorting script).
+
+    ``sections`` are extra ``(id, title, html)`` sections appended after the tables (the restoration
+    results), each linked from the page's navigation."""
+    nav = [(section_id(t), f"{t['dataset']} · {t['profile']}") for t in tables] + [(i, title) for i, title, _ in sections]
+    parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+             "<meta name='viewport' content='width=device-width, initial-scale=1'><title>genbench leaderboard</title>"
+             f"<style>{STYLE}</style></head><body>",
+             "<header><h1>genbench leaderboard</h1><p>Generated from <code>benchmarks/results/*.json</code> by "
+             "<code>python -m genbench leaderboard</code>. " + html.escape(INTRO.replace("*", "").replace("`", ""))
+             + "</p><nav>" + "".join(f"<a href='#{html.escape(i, quote=True)}'>{html.escape(n)}</a>" for i, n in nav)
+             + "</nav></header><main>"]
+    parts += [_html_section(t) for t in tables]
+    parts += [f"<section id='{html.escape(i, quote=True)}'>{body}</section>" for i, _, body in sections if body]
+    parts.append(f"</main><script>{SORT_JS}</script></body></html>")
+    return "\n".join(parts)
+
+
+def write_assets(tables: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """Writes the figures and real-data grids under ``out_dir/leaderboard_files`` (atomically) and sets each
+    entry's ``path``; files of an earlier build that this one no longer has are removed."""
+    assets = Path(out_dir) / ASSETS_DIR
+    assets.mkdir(parents=True, exist_ok=True)
+    written = []
+    for t in tables:
+        for entry in [*t.get("figures", []), *t.get("grids", [])]:
+            if entry.get("path") is not None or entry.get("png") is None:
+                continue
+            path = assets / f"{entry['name']}.png"
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_bytes(entry["png"])
+            tmp.replace(path)
+            entry["path"] = path
+            written.append(path)
+    for old in assets.glob("*.png"):
+        if old not in written:
+            old.unlink()
+    return written
+
+
 def build(results_dir: Path, out_dir: Path, reference_file: Path | None = None) -> list[Path]:
-    """Write leaderboard.md and leaderboard.html into ``out_dir`` (atomically); returns their paths."""
+    """Write leaderboard.md (with its images under ``leaderboard_files/``) and the self-contained
+    leaderboard.html into ``out_dir`` (atomically); returns the two pages' paths."""
     reference_file = reference_file or paths.reference_file()
     md, page = Path(out_dir) / "leaderboard.md", Path(out_dir) / "leaderboard.html"
     # Read the records and write the pages under one lock: a concurrent build that read fewer records
     # cannot overwrite a newer leaderboard after it.
     with file_lock(Path(out_dir) / ".leaderboard.lock"):
         tables = build_tables(Path(results_dir), reference_file)
-        atomic_write_text(md, render_markdown(tables) + restoration_markdown(Path(results_dir), Path(out_dir)))
-        page_html = render_html(tables, Path(results_dir))
-        atomic_write_text(page, page_html.replace("</body></html>", restoration_html(Path(results_dir)) + "</body></html>"))
+        write_assets(tables, Path(out_dir))
+        atomic_write_text(md, render_markdown(tables, Path(out_dir))
+                          + restoration_markdown(Path(results_dir), Path(out_dir)))
+        restoration = restoration_html(Path(results_dir))
+        sections = (("restoration", "restoration", restoration),) if restoration else ()
+        atomic_write_text(page, render_html(tables, sections))
     return [md, page]
+
+
 
 
 def main(argv: list[str]) -> int:

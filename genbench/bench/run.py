@@ -26,18 +26,20 @@ from typing import Any
 
 import torch
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
 
 from genbench import paths
-from genbench.bench import guards
+from genbench.bench import console, guards
 from genbench.bench.budget import STOPPED_BY_BUDGET, TrainingBudget, sampling_cost
 from genbench.bench.callbacks import (
     FiniteLossGuard,
+    GradNormMonitor,
     NonFiniteLossError,
     SampleGrid,
     TrainingProvenance,
     TrainThroughput,
+    drop_version_from_progress_bar,
 )
 from genbench.bench.checkpointing import AtomicCheckpointIO, parse_checkpoint_every
 from genbench.bench.config import EvalConfig
@@ -47,7 +49,14 @@ from genbench.bench.guards import BenchError, load_checkpoint  # noqa: F401 (par
 from genbench.bench.leaderboard import build as build_leaderboard
 from genbench.bench.plots import save_sample_grid
 from genbench.bench.record import ResultRecord, atomic_write_text, environment, redact, write_record
-from genbench.bench.wandb_utils import log_final, log_leaderboard
+from genbench.bench.wandb_utils import (
+    BenchWandbLogger,
+    log_checkpoint,
+    log_config,
+    log_final,
+    log_leaderboard,
+    run_location,
+)
 from genbench.data import dataset_names, dataset_spec, external
 from genbench.data.sources import DataSourceError
 from genbench.io import DiskFullError, file_lock
@@ -165,8 +174,8 @@ def make_logger(run_id: str, run_dir: Path, group: str, tags: list[str], enabled
         wandb_id = f"{run_id}-{int(time.time())}"
         if not fresh:  # --fresh writes it once the config is validated and the old run deleted
             atomic_write_text(id_file, wandb_id + "\n")
-    return WandbLogger(project=os.environ.get("WANDB_PROJECT", "genbench"), name=run_id, id=wandb_id, resume="allow",
-                       group=group, tags=tags, save_dir=str(run_dir), log_model=False)
+    return BenchWandbLogger(project=os.environ.get("WANDB_PROJECT", "genbench"), name=run_id, id=wandb_id,
+                            resume="allow", group=group, tags=tags, save_dir=str(run_dir), log_model=False)
 
 
 class RunLock:
@@ -230,6 +239,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                         f"time (90s, 5m, 1h); default {CHECKPOINT_EVERY}")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint and train from scratch")
     p.add_argument("--no-wandb", action="store_true", help="do not log to Weights & Biases")
+    p.add_argument("--wandb-log-model", action="store_true",
+                   help="also upload the final checkpoint to W&B as a model artifact (model-<run id>)")
     p.add_argument("--no-leaderboard", action="store_true", help="do not rebuild the leaderboard afterwards")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = p.parse_args(argv)
@@ -292,8 +303,8 @@ def _run(args: argparse.Namespace, extra: list[str]) -> Path | None:
     if not bench.trainer.is_global_zero:
         return None
     record, path, grid_path = write_result(plan, bench, metrics, ckpt_path, fit_wall_s, eval_wall_s)
-    publish(plan, bench, record, grid_path)
-    print(json.dumps(summary_line(record)))
+    locations = publish(plan, bench, record, grid_path)
+    print(console.summary(record, {"record": path, "samples": grid_path, **locations}))
     return path
 
 
@@ -441,15 +452,18 @@ def build_trainer(plan: RunPlan) -> BenchSession:
         provenance,
         ModelCheckpoint(dirpath=plan.ckpt_dir, save_last=True, save_top_k=0, **plan.cadence),
         SampleGrid(run_dir / "samples"),
+        LearningRateMonitor(logging_interval="step"),
+        GradNormMonitor(),
     ]
     logger = make_logger(plan.run_id, run_dir, group=f"{plan.names.data}-{args.profile}",
                          tags=[plan.family, plan.names.model, plan.names.data, args.profile], enabled=not args.no_wandb,
                          fresh=args.fresh)
     csv_logger = CSVLogger(save_dir=str(run_dir), name="csv")  # a new version per invocation: resumes append
-    cli = make_cli(trainer_args(plan), run=False, save_config_callback=None,
-                   trainer_defaults={"callbacks": callbacks, "logger": [lg for lg in (logger, csv_logger) if lg],
-                                     "plugins": [AtomicCheckpointIO()]})
+    cli = make_cli(trainer_args(plan), run=False, save_config_callback=None, trainer_defaults={"callbacks": callbacks},
+                   trainer_objects={"logger": [lg for lg in (logger, csv_logger) if lg],
+                                    "plugins": [AtomicCheckpointIO()]})
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
+    drop_version_from_progress_bar(trainer)
     resolved = portable_config(yaml.safe_load(cli.parser.dump(cli.config, skip_none=False)), args.output_root)
     provenance.set_config(resolved)
     eval_cfg = EvalConfig(**resolved.get("evaluation", {}))
@@ -471,8 +485,8 @@ def build_trainer(plan: RunPlan) -> BenchSession:
     first_ckpt = next(i for i, cb in enumerate(trainer.callbacks) if isinstance(cb, ModelCheckpoint))
     trainer.callbacks.insert(first_ckpt, curve)
     if logger:
-        logger.log_hyperparams({"bench": {"model": plan.names.model, "data": plan.names.data, "profile": args.profile,
-                                          "seed": args.seed, "run_name": args.run_name}, **resolved})
+        log_config(logger, resolved, {"model": plan.names.model, "data": plan.names.data, "profile": args.profile,
+                                      "seed": args.seed, "run_name": args.run_name})
     return BenchSession(trainer=trainer, model=model, dm=dm, resolved=resolved, eval_cfg=eval_cfg, logger=logger,
                         throughput=throughput, provenance=provenance, budget=budget, curve=curve,
                         resume_state=resume_state)
@@ -566,18 +580,24 @@ def write_result(plan: RunPlan, bench: BenchSession, metrics: dict[str, Any], ck
     return record, path, grid_path
 
 
-def publish(plan: RunPlan, bench: BenchSession, record: ResultRecord, grid_path: Path) -> None:
-    """Stage 6 (rank 0): W&B summary and the leaderboard (not for an eval-only record)."""
+def publish(plan: RunPlan, bench: BenchSession, record: ResultRecord, grid_path: Path) -> dict[str, Any]:
+    """Stage 6 (rank 0): W&B summary (and checkpoint artifact) and the leaderboard (not for an eval-only
+    record). Returns where the leaderboard pages and the W&B run are (for the console summary)."""
     args, logger = plan.args, bench.logger
+    locations: dict[str, Any] = {}
     if logger:
         log_final(logger, record, grid_path)
+        if args.wandb_log_model and not plan.eval_only:
+            log_checkpoint(logger, plan.last_ckpt, record)
     if not args.no_leaderboard and not plan.eval_only:
-        outputs = build_leaderboard(args.results_dir, args.results_dir.parent)
-        print("genbench: leaderboard -> " + ", ".join(str(p) for p in outputs))
+        md, page = build_leaderboard(args.results_dir, args.results_dir.parent)
+        locations.update({"leaderboard": page, "markdown": md})
         if logger:
             log_leaderboard(logger, args.results_dir, plan.names.data, args.profile)
     if logger:
+        locations["W&B run"] = run_location(logger)
         logger.experiment.finish()
+    return locations
 
 
 def restore_callback_states(checkpoint: dict[str, Any], callbacks: tuple[Any, ...]) -> None:
@@ -607,19 +627,8 @@ def read_curves(csv_dir: Path, max_points: int = 200) -> dict[str, list[list[flo
     return curves
 
 
-def summary_line(record: ResultRecord) -> dict[str, Any]:
-    out: dict[str, Any] = {"run_id": record.run_id}
-    from genbench.metrics import table
-
-    for key in (m.key for m in table.summary_metrics()):
-        m = record.metrics.get(key)
-        if isinstance(m, dict) and m.get("value") is not None:
-            out[key] = m["value"]
-    out["train_images_per_s"] = record.train["images_per_s"]
-    return out
-
-
 def main(argv: list[str]) -> int:
+    console.quiet_known_noise()
     args, extra = parse_args(argv)
     try:
         run(args, extra)
