@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from genbench import paths
 from genbench.bench import leaderboard, plots
 from genbench.bench.record import ResultRecord, write_record
 from genbench.metrics import table as T
@@ -49,7 +50,10 @@ def board(tmp_path_factory):
     res = tmp / "benchmarks" / "results"
     sweep = [{"steps": 10, "fid": 80.0, "n": 50}, {"steps": 50, "fid": 60.0, "n": 50}]
     records = [_record("ddpm", "diffusion", 1.5, 60.0, metrics={T.FID_VS_STEPS: sweep}),
-               _record("vae", "vae", 1.2, 80.0), _record("gan", "gan", None, 40.0),
+               _record("vae", "vae", 1.2, 80.0, metrics={T.fid_variant("decoder_draws"): {
+                   "value": 95.25, "n": 50, "reference_split": "test", "variant": "decoder_draws",
+                   "description": "every pixel drawn from p(x|z)"}}),
+               _record("gan", "gan", None, 40.0),
                _record("vae", "vae", 1.3, 90.0, profile="quick")]
     gen = torch.Generator().manual_seed(0)
     for r in records:
@@ -59,7 +63,7 @@ def board(tmp_path_factory):
     (tmp / "benchmarks" / leaderboard.ASSETS_DIR).mkdir(parents=True)
     stale = tmp / "benchmarks" / leaderboard.ASSETS_DIR / "gone-from-the-records.png"
     stale.write_bytes(b"x")
-    md, page = leaderboard.build(res, tmp / "benchmarks", ROOT / "benchmarks" / "reference.yaml")
+    md, page = leaderboard.build(res, tmp / "benchmarks", paths.reference_file())
     return {"md": md, "page": page, "html": page.read_text(), "results": res, "stale": stale}
 
 
@@ -166,8 +170,14 @@ def test_markdown_links_its_images_relatively_and_stale_assets_go(board):
     assert not board["stale"].exists()
 
 
+def test_sample_variants_are_noted_beside_the_declared_sampler(board):
+    note = ("vae with decoder_draws (every pixel drawn from p(x|z)): FID 95.2 @50 vs test")
+    assert note in board["md"].read_text() and note in board["html"]
+    assert "FID column is the sampler the config declares" in board["md"].read_text()
+
+
 def test_extra_sections_are_appended_and_linked(board):
-    tables = leaderboard.build_tables(board["results"], ROOT / "benchmarks" / "reference.yaml")
+    tables = leaderboard.build_tables(board["results"], paths.reference_file())
     text = leaderboard.render_html(tables, (("restoration", "restoration", "<h2>Restoration</h2><p>x</p>"),))
     page = _parse(text)
     assert page.sections[-1] == "restoration" and page.nav[-1] == "#restoration"

@@ -366,13 +366,26 @@ def _sampler_note(records: list[ResultRecord]) -> str:
     return "Samplers: " + "; ".join(protos) + "." if protos else ""
 
 
+def _sample_variant_note(records: list[ResultRecord]) -> str:
+    """FIDs of the other samplers of the same weights (``fid_<variant>``), beside the declared one."""
+    parts = []
+    for r in _latest(records).values():
+        for key, m in sorted(r.metrics.items()):
+            if key.startswith(T.FID_VARIANT_PREFIX) and T.lookup(key).key == T.FID_VARIANT_PREFIX \
+                    and isinstance(m, dict) and isinstance(m.get("value"), (int, float)):
+                parts.append(f"{r.model} with {m.get('variant')} ({m.get('description')}): FID "
+                             f"{T.lookup(key).fmt(m['value'])} @{m.get('n')} vs {m.get('reference_split')}")
+    return ("Sample variants (the same weights drawn another way; the FID column is the sampler the config "
+            "declares): " + "; ".join(parts) + ".") if parts else ""
+
+
 def _published_notes(table: dict[str, Any]) -> list[str]:
     return [f"{r['model']}: {r['_note']}" for r in table["references"]]
 
 
 def _notes(table: dict[str, Any]) -> list[str]:
     recs = table["records"]
-    return [n for n in (_sampler_note(recs), _domain_note(recs), _likelihood_note(recs), _provenance_note(recs),
+    return [n for n in (_sampler_note(recs), _sample_variant_note(recs), _domain_note(recs), _likelihood_note(recs), _provenance_note(recs),
                         _compute_note(recs)) if n]
 
 

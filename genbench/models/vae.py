@@ -273,7 +273,8 @@ class VAE(GenerativeModel):
     def sampler_info(self) -> dict[str, Any]:
         return {
             "eval_mode": True,
-            "sampler": "ancestral: z ~ N(0, I), x ~ p(x|z)",
+            "sampler": ("ancestral: z ~ N(0, I), x ~ p(x|z)" if self.hparams.sample_pixels == "draw"
+                        else "z ~ N(0, I), x = the per-pixel mode of p(x|z)"),
             "pixels": "decoder_draws" if self.hparams.sample_pixels == "draw" else "decoder_modes",
             "decoder": self._decoder_name(),
             "network_evaluations": 1,  # one decoder pass
