@@ -41,7 +41,7 @@ from genbench.bench.callbacks import (
     TrainThroughput,
     drop_version_from_progress_bar,
 )
-from genbench.bench.checkpointing import AtomicCheckpointIO, parse_checkpoint_every
+from genbench.bench.checkpointing import AtomicCheckpointIO, PeriodicCheckpoint, parse_checkpoint_every
 from genbench.bench.config import EvalConfig
 from genbench.bench.curve import QualityCurve
 from genbench.bench.evaluate import evaluate
@@ -450,7 +450,7 @@ def build_trainer(plan: RunPlan) -> BenchSession:
         FiniteLossGuard(plan.ckpt_dir),
         throughput,
         provenance,
-        ModelCheckpoint(dirpath=plan.ckpt_dir, save_last=True, save_top_k=0, **plan.cadence),
+        PeriodicCheckpoint(dirpath=plan.ckpt_dir, save_last=True, save_top_k=0, **plan.cadence),
         SampleGrid(run_dir / "samples"),
         LearningRateMonitor(logging_interval="step"),
         GradNormMonitor(),
