@@ -183,6 +183,10 @@ def report(rows: list[dict]) -> str:
             f"{_fmt(r['train_pflop'], 4)} | {_fmt(r['fid'], 1)} | {_fmt(r['bpd'], 3)} | {_fmt(r['domain_fd'], 1)} | "
             f"{_fmt(r['precision'], 3)} | {_fmt(r['recall'], 3)} | {_fmt(r['extraction_rate'], 3)} | "
             f"{r['criterion']} | {'**kept**' if r.get('kept') else ''} |")
+    done = {r["name"] for r in rows}
+    pending = [s.name for s in SETTINGS if s.name not in done]
+    if pending:
+        lines += ["", f"Not run yet (no record): {', '.join(f'`{p}`' for p in pending)}."]
     hw = sorted({f"{r['cpu']}, {r['threads']} torch thread(s)" for r in rows if r.get("cpu")})
     lines += ["", "Overrides of each row (LightningCLI arguments on top of the quick config):", ""]
     lines += [f"- `{r['name']}`: {' '.join(r['overrides']) or '(none)'}" for r in rows]
