@@ -78,10 +78,11 @@ def test_config_is_logged_once_and_clean(ddpm_run):
     written = [k for keys in c["config_updates"] for k in keys if not k.startswith("_wandb")]
     assert sorted(written) == sorted({"bench", "seed_everything", "trainer", "model", "data", "evaluation", "budget",
                                       "optimizer", "lr_scheduler"})  # each section once, no flattened init args
-    assert c["config"]["bench"] == {"model": "ddpm", "data": "mnist", "profile": "smoke", "seed": 0}
+    assert c["config"]["bench"] == {"model": "ddpm", "data": "mnist", "profile": "smoke", "seed": 0,
+                                     "run_name": None}
     assert c["config"]["model"]["class_path"] == "genbench.models.ddpm.DDPM"
     assert "Unable to serialize" not in json.dumps(c["config"])
-    assert c["config"]["trainer"]["logger"] is None and c["config"]["trainer"]["plugins"] is None
+    assert "logger" not in c["config"]["trainer"] and "plugins" not in c["config"]["trainer"]  # attached by the bench, not config
 
 
 def test_training_logs_learning_rate_grad_norm_and_quality_curve(ddpm_run):
@@ -98,7 +99,7 @@ def test_leaderboard_table_is_numeric_with_a_column_per_metric(ddpm_run):
     cols = table["columns"]
     assert all(m.key in cols for m in T.leaderboard_metrics()) and "_num" not in cols
     (row,) = [dict(zip(cols, r, strict=True)) for r in table["data"]]
-    record = json.loads((ddpm_run["tmp"] / "benchmarks" / "results" / "mnist-smoke-ddpm-seed0.json").read_text())
+    record = json.loads((ddpm_run["tmp"] / "benchmarks" / "smoke" / "results" / "mnist-smoke-ddpm-seed0.json").read_text())
     assert row["model"] == "ddpm" and row["fid"] == pytest.approx(record["metrics"]["fid"]["value"], rel=1e-12)
     assert row["bpd"] == pytest.approx(record["metrics"]["bpd"]["value"], rel=1e-12)
     assert all(isinstance(row[k], (int, float)) for k in ("fid", "kid", "precision", "params", "train_pflop"))
@@ -106,7 +107,7 @@ def test_leaderboard_table_is_numeric_with_a_column_per_metric(ddpm_run):
 
 def test_sweep_curve_and_class_histograms_are_charts(ddpm_run):
     c = ddpm_run["content"]
-    record = json.loads((ddpm_run["tmp"] / "benchmarks" / "results" / "mnist-smoke-ddpm-seed0.json").read_text())
+    record = json.loads((ddpm_run["tmp"] / "benchmarks" / "smoke" / "results" / "mnist-smoke-ddpm-seed0.json").read_text())
     sweep = c["tables"]["sampler_sweep/fid_vs_steps_table"]
     assert sweep["columns"] == ["steps", "fid", "n"]
     assert [(s, f) for s, f, _ in sweep["data"]] == [(s["steps"], s["fid"]) for s in record["metrics"]["fid_vs_steps"]]
