@@ -60,7 +60,7 @@ def run_family(model: str, images: int, args: argparse.Namespace) -> dict:
     with open(args.work_dir / f"{model}.log", "w") as log:
         rc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
     wall_s = time.perf_counter() - t0
-    records = sorted((out_dir / "benchmarks" / "results").glob("*.json"))
+    records = sorted((out_dir / "benchmarks").glob("**/results/*.json"))  # smoke runs file under benchmarks/smoke/
     if rc != 0 or not records:
         return {"model": model, "ok": False, "exit_code": rc, "wall_s": wall_s,
                 "log": str(args.work_dir / f"{model}.log")}
