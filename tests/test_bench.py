@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from wandb_offline import read_offline_run
 
 from genbench.bench.record import load_records
@@ -54,7 +55,14 @@ def test_smoke_bench_end_to_end(model, bench_dir):
     assert rec.params > 0 and rec.train["images_per_s"] > 0 and rec.train["steps"] > 0
     assert rec.environment["versions"]["torch"] and rec.config["model"]["class_path"].startswith("genbench.models.")
     assert (bench_dir / "results" / rec.artifacts["sample_grid"]).is_file()
+    # the extraction figure: samples (top) above their nearest training images, shown on the leaderboard
+    extraction = rec.metrics["extraction_rate"]
+    figure = bench_dir / "results" / rec.artifacts["extraction_figure"]
+    assert extraction["figure"] == figure.name and "_ratio" not in extraction and "_ratio" not in extraction["domain"]
+    with Image.open(figure) as im:
+        assert im.size[0] > im.size[1] > 100
     board = (bench_dir / "leaderboard.md").read_text()
+    assert f"({Path('results') / rec.artifacts['extraction_figure']})" in board
     assert f"| genbench | {rec.family} | {model} |" in board
     html = (bench_dir / "leaderboard.html").read_text()
     assert html.count("<table>") == 1 and html.rstrip().endswith("</html>")

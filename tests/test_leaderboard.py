@@ -254,3 +254,26 @@ def test_points_dataset_builds_with_scatter_and_without_image_plots(tmp_path):
     text = page.read_text()
     assert "a scatter plot of the samples" in text and "alt='real data'" not in text  # no real grid for points
     assert "FID against sampler steps: no record" in text and "-fid_vs_bpd" not in text
+
+
+def test_extraction_figures_are_shown_beside_their_rows(tmp_path):
+    res = tmp_path / "benchmarks" / "results"
+    rec = _record("gan", "gan", None, 40.0)
+    rec.metrics[T.EXTRACTION_RATE].update(n_flagged=3, threshold=0.42)
+    rec.artifacts["extraction_figure"] = "extraction/digits-smoke-gan-seed0.png"
+    write_record(rec, res)
+    plots.save_sample_grid(torch.zeros(4, 1, 8, 8, dtype=torch.uint8), res / rec.artifacts["sample_grid"], levels=17)
+    figure = res / rec.artifacts["extraction_figure"]
+    figure.parent.mkdir(parents=True)
+    Image.new("L", (300, 120), 128).save(figure)
+    md, page = leaderboard.build(res, tmp_path / "benchmarks", paths.reference_file())
+    text = md.read_text()
+    assert "### Closest samples to the training set" in text
+    assert "**gan**: 3 of 50 samples flagged (d1/dk below 0.42)" in text
+    assert "![gan](results/extraction/digits-smoke-gan-seed0.png)" in text
+    html = page.read_text()
+    assert "Closest samples to the training set" in html
+    shown = [a for a in _parse(html).imgs if a.get("alt") == "gan" and "width:300px" in a.get("style", "")]
+    assert len(shown) == 1
+    png = base64.b64decode(shown[0]["src"].split(",", 1)[1])
+    assert png == figure.read_bytes()

@@ -35,6 +35,7 @@ exactly once. Features and metrics are computed on rank 0 and the dict is broadc
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 from genbench.bench import suites
@@ -54,6 +55,7 @@ def evaluate(
     feature_extractor: fidelity.FeatureExtractor | None = None,
     inception_weights: str | None = None,
     cache_dir: str | None = None,
+    extraction_figure: str | Path | None = None,
 ) -> dict[str, Any]:
     """Score ``model`` on ``datamodule`` with protocol ``cfg`` (see the module docstring).
 
@@ -66,6 +68,8 @@ def evaluate(
         feature_extractor: replaces the Inception extractor (tests; a labelled domain metric).
         inception_weights: explicit Inception weights path (first in the provider order).
         cache_dir: directory of the reference-feature cache (default ``$GENBENCH_CACHE/fidelity``).
+        extraction_figure: where the extraction suite saves its figure (the lowest-ratio samples above their
+            nearest training images); ``None`` = no figure.
     """
     if tuple(model.data_shape) != tuple(datamodule.data_shape) or model.num_levels != datamodule.num_levels:
         raise ValueError(
@@ -74,7 +78,8 @@ def evaluate(
     selected = suites.select(model, cfg)  # a suite the model cannot run fails here, before any work
     ranks = Ranks(trainer)
     ctx = EvalContext(model=model, datamodule=datamodule, cfg=cfg, ranks=ranks, progress=progress,
-                      feature_extractor=feature_extractor, inception_weights=inception_weights, cache_dir=cache_dir)
+                      feature_extractor=feature_extractor, inception_weights=inception_weights, cache_dir=cache_dir,
+                      extraction_figure=None if extraction_figure is None else Path(extraction_figure))
     ctx.num_samples_to_draw = max([cfg.num_samples, *(s.samples_needed(cfg) for s, runnable in selected if runnable)])
     was_training = model.training
     model.eval()

@@ -344,6 +344,7 @@ def build_tables(results_dir: Path, reference_file: Path) -> list[dict[str, Any]
              "fid_floor": _floor(recs, T.FID_FLOOR), "domain_fd_floor": _floor(recs, T.DOMAIN_FD_FLOOR)}
         t["figures"] = figures(t)
         t["grids"] = grids(t, Path(results_dir), data[dataset])
+        t["extraction_figures"] = extraction_figures(t, Path(results_dir))
         tables.append(t)
     return tables
 
@@ -415,6 +416,14 @@ def render_markdown(tables: list[dict[str, Any]], out_dir: Path | None = None) -
             out += ["### Samples", "", "| " + " | ".join(g["label"] for g, _ in grid_links) + " |",
                     "|" + "---|" * len(grid_links), "| " + " | ".join(s for _, s in grid_links) + " |",
                     "| " + " | ".join(g["caption"] for g, _ in grid_links) + " |", ""]
+        extraction = [(g, link(g, g["label"])) for g in t.get("extraction_figures", [])]
+        extraction = [(g, s) for g, s in extraction if s]
+        if extraction:
+            out += ["### Closest samples to the training set", "",
+                    "Each model's flagged samples (or, when none is flagged, its closest ones) above their nearest "
+                    "training images, with d1/dk over each.", ""]
+            for g, s in extraction:
+                out += [f"**{g['label']}**: {g['caption']}", "", s, ""]
         figs = [(f, link(f, f["name"])) for f in t.get("figures", [])]
         if figs:
             out += ["### Plots", ""]
@@ -637,6 +646,28 @@ def grids(table: dict[str, Any], results_dir: Path, data: dict[str, Any]) -> lis
     return out
 
 
+def extraction_figures(table: dict[str, Any], results_dir: Path) -> list[dict[str, Any]]:
+    """Each model's extraction figure: its flagged samples (or, when none is flagged, its closest ones) above
+    their nearest training images, as the bench saved it."""
+    from PIL import Image
+
+    out: list[dict[str, Any]] = []
+    for r in _latest(table["records"]).values():
+        rel = r.artifacts.get("extraction_figure")
+        path = Path(results_dir) / rel if rel else None
+        if path is None or not path.is_file():
+            continue
+        entry = r.metrics.get(T.EXTRACTION_RATE) or {}
+        with Image.open(path) as im:
+            size = im.size
+        caption = (f"{entry.get('n_flagged', '?')} of {entry.get('n', '?')} samples flagged (d1/dk below "
+                   f"{entry['threshold']:.2f})" if "threshold" in entry else "")
+        out.append({"name": f"{r.run_id}-extraction", "label": _label(r), "caption": caption,
+                    "png": path.read_bytes(), "path": path, "size": size, "pixel_exact": False,
+                    "note": "top: samples, lowest d1/dk first; bottom: each one's nearest training image"})
+    return out
+
+
 STYLE = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:0;color:#1d1d1f;background:#fafafa}
 main{max-width:1600px;margin:0 auto;padding:1.5em 2em 4em}
@@ -744,6 +775,9 @@ def _html_section(t: dict[str, Any]) -> str:
     if t.get("grids"):
         parts.append("<h3>Samples beside real data</h3><div class='grids'>"
                      + "".join(_html_grid(g) for g in t["grids"]) + "</div>")
+    if t.get("extraction_figures"):
+        parts.append("<h3>Closest samples to the training set</h3><div class='grids'>"
+                     + "".join(_html_grid(g) for g in t["extraction_figures"]) + "</div>")
     figs = t.get("figures", [])
     if figs:
         parts.append("<h3>Plots</h3><div class='figs'>")

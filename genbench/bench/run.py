@@ -62,6 +62,7 @@ from genbench.data.sources import DataSourceError
 from genbench.io import DiskFullError, file_lock
 from genbench.lightning_cli import make_cli
 from genbench.metrics.inception import InceptionWeightsError
+from genbench.metrics.table import EXTRACTION_RATE
 from genbench.models import registry
 
 CHECKPOINT_EVERY = "1m"
@@ -538,8 +539,13 @@ def evaluate_model(plan: RunPlan, bench: BenchSession) -> tuple[dict[str, Any], 
     bench.model.eval()
     t1 = time.perf_counter()
     metrics = evaluate(bench.model, bench.dm, bench.eval_cfg, trainer=bench.trainer,
-                       progress=not plan.args.no_progress)
+                       progress=not plan.args.no_progress, extraction_figure=extraction_figure_path(plan))
     return metrics, time.perf_counter() - t1
+
+
+def extraction_figure_path(plan: RunPlan) -> Path:
+    """Where the extraction suite saves the run's samples above their nearest training images."""
+    return plan.results_dir / "extraction" / f"{plan.run_id}.png"
 
 
 def write_result(plan: RunPlan, bench: BenchSession, metrics: dict[str, Any], ckpt_path: str | None,
@@ -572,6 +578,8 @@ def write_result(plan: RunPlan, bench: BenchSession, metrics: dict[str, Any], ck
         model_info={**model.describe(), "class_path": f"{type(model).__module__}.{type(model).__qualname__}",
                     "run_name": args.run_name},
         artifacts={"sample_grid": os.path.relpath(grid_path, plan.results_dir),
+                   **({"extraction_figure": os.path.relpath(extraction_figure_path(plan), plan.results_dir)}
+                      if EXTRACTION_RATE in metrics and extraction_figure_path(plan).is_file() else {}),
                    "run_dir": paths.relative_to_root(plan.run_dir, args.output_root)},
     )
     record.train.update(bench.provenance.record_fields())

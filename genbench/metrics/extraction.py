@@ -173,10 +173,10 @@ def extraction_suite(samples: torch.Tensor, datamodule: Any, k: int = 10, fpr: f
         feats = [extractor(samples)[0], extractor(heldout)[0], _train_features(extractor, train, domain_cache_dir)]
         dom = extraction_in_space(*feats, k, fpr, "domain classifier features (128-d), L2")
         dom["weights_sha256"] = extractor.weights_sha256
-        entry["domain"] = dom if keep_arrays else _public(dom)
+        entry["domain"] = dom if keep_arrays else public_entry(dom)
     entry["not_generalising_above"] = NOT_GENERALISING_FACTOR * fpr
     entry["generalising"] = entry["value"] <= entry["not_generalising_above"]
-    return {EXTRACTION_RATE: entry if keep_arrays else _public(entry)}
+    return {EXTRACTION_RATE: entry if keep_arrays else public_entry(entry)}
 
 
 def _train_features(extractor: Any, train: torch.Tensor, cache_dir: str | Path | None) -> torch.Tensor:
@@ -195,7 +195,8 @@ def _train_features(extractor: Any, train: torch.Tensor, cache_dir: str | Path |
     return feats
 
 
-def _public(entry: dict[str, Any]) -> dict[str, Any]:
+def public_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    """``entry`` without the per-sample arrays that ``keep_arrays=True`` adds (the record's JSON form)."""
     return {k: v for k, v in entry.items() if not k.startswith("_")}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -131,6 +132,7 @@ class EvalContext:
     feature_extractor: Any | None = None  # replaces the Inception extractor (tests; a labelled domain metric)
     inception_weights: str | None = None
     cache_dir: str | None = None
+    extraction_figure: Path | None = None  # where the extraction suite saves its flagged-sample figure
     samples: torch.Tensor | None = None  # drawn by the sampling suite (rank 0 holds all of them)
     num_samples_to_draw: int = 0  # the most samples any selected suite needs
     _extractor: Any | None = field(default=None, repr=False)
