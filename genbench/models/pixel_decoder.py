@@ -21,6 +21,18 @@ from genbench.distributions import discretized_logistic_mixture_log_likelihood
 
 DECODERS = ("logistic_mixture", "categorical")
 SAMPLE_PIXELS = ("draw", "mode")  # a draw from p(x|z), or each pixel's most probable level given z
+# The sample variant that scores the other choice of ``sample_pixels`` beside the declared one: name -> value
+PIXEL_VARIANTS = {"decoder_modes": "mode", "decoder_draws": "draw"}
+PIXEL_VARIANT_TEXT = {
+    "decoder_modes": "each pixel's most probable level given z (not a sample of the model)",
+    "decoder_draws": "every pixel drawn from p(x|z) (the model's own distribution)",
+}
+
+
+def other_pixel_variant(sample_pixels: str) -> dict[str, str]:
+    """The sample variant (name -> description) of the pixel sampler that ``sample_pixels`` does not use."""
+    name = "decoder_modes" if sample_pixels == "draw" else "decoder_draws"
+    return {name: PIXEL_VARIANT_TEXT[name]}
 
 
 class DiscretePixelDecoder:
