@@ -176,7 +176,8 @@ class LDM(GenerativeModel):
         ema_decay, ema_warmup, use_ema: the UNet's EMA, as the DDPM's (the warm-up counts stage-2 steps).
         sampler, sampling_steps, ddim_eta, pc_predictor, pc_corrector_steps, pc_snr: the latent sampler, as the
             DDPM's.
-        sample_pixels: ``mode`` (each pixel's most probable level given z) or ``draw`` (a draw of p(x|z)).
+        sample_pixels: ``draw`` (every pixel drawn from p(x|z): the model whose bound is scored) or ``mode``
+            (each pixel's most probable level given z); the other is scored as a sample variant.
         likelihood_estimator, likelihood_timesteps: the latent DDPM's bound estimator, as the DDPM's.
         likelihood_latent_samples: draws of z ~ q(z|x) per image in the bound.
         likelihood_seed: seed of the bound's Monte Carlo draws.
@@ -233,7 +234,7 @@ class LDM(GenerativeModel):
         pc_predictor: str = "sde",
         pc_corrector_steps: int = 1,
         pc_snr: float = 0.16,
-        sample_pixels: str = "mode",
+        sample_pixels: str = "draw",
         likelihood_estimator: str = "stratified",
         likelihood_timesteps: int = 16,
         likelihood_latent_samples: int = 1,
