@@ -26,7 +26,8 @@ def bench_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("bench")
 
 
-@pytest.mark.parametrize("model", ["ddpm", "vae", "realnvp", "gan", "ldm"])
+# latent diffusion's bench (~45 s on 2 busy cores) runs with `make test-all`; its pieces have fast tests
+@pytest.mark.parametrize("model", ["ddpm", "vae", "realnvp", "gan", pytest.param("ldm", marks=pytest.mark.slow)])
 def test_smoke_bench_end_to_end(model, bench_dir):
     out = bench(bench_dir, model)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
