@@ -27,7 +27,8 @@ def bench_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("bench")
 
 
-@pytest.mark.parametrize("model", ["ddpm", "vae", "realnvp", "gan"])
+# latent diffusion's bench (~45 s on 2 busy cores) runs with `make test-all`; its pieces have fast tests
+@pytest.mark.parametrize("model", ["ddpm", "vae", "realnvp", "gan", pytest.param("ldm", marks=pytest.mark.slow)])
 def test_smoke_bench_end_to_end(model, bench_dir):
     out = bench(bench_dir, model)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -45,6 +46,16 @@ def test_smoke_bench_end_to_end(model, bench_dir):
         assert 0 < bpd["value"] < 8.5 and bpd["kind"] == "bound" and bpd["n"] > 0
         assert bpd["n"] == rec.evaluation["likelihood_subset"] == 32  # the profile's one subset
         assert bpd["value"] == pytest.approx(bpd["nll_nats"] / (bpd["num_dims"] * math.log(2)), rel=1e-12)
+    if model == "ldm":  # two stages, each with its own FLOPs per image; the bound and the sampler cost declared
+        stages = rec.compute["training"]["stages"]
+        assert list(stages) == ["autoencoder", "latent_diffusion"]
+        assert stages["autoencoder"]["images"] == stages["latent_diffusion"]["images"] == 320
+        assert rec.compute["training"]["train_flops_total"] == pytest.approx(sum(s["flops"] for s in stages.values()))
+        assert rec.metrics["bpd"]["L_0"] == "continuous Gaussian L_0 on latents"
+        assert rec.metrics["bpd"]["latent_scale"] > 0 and rec.metrics["bpd"]["latent_scale_estimated"]
+        sampling = rec.compute["sampling"]
+        assert sampling["network_evaluations_per_image"] == rec.metrics["sampling"]["steps"] + 1  # + the decoder
+        assert rec.metrics["fid_decoder_modes"]["value"] >= 0  # the other pixel sampler, as a variant
     if model == "realnvp":
         iw = rec.metrics["bpd_iw_dequant"]
         assert iw["K"] == 16 and iw["n"] == rec.metrics["bpd"]["n"] and iw["value"] > 0

@@ -35,11 +35,31 @@ class _Linear(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
-def _fit(tmp_path, budget: TrainingBudget, ckpt_path=None, **trainer_kwargs):
+class _TwoStage(L.LightningModule):
+    """Stage ``a`` (a bias-free 8->4 map, 128 training FLOPs per image) for 3 steps, then stage ``b`` (8->6,
+    192 FLOPs per image), named by ``training_stage`` as latent diffusion names its stages."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 4, bias=False)
+        self.b = nn.Linear(8, 6, bias=False)
+
+    @property
+    def training_stage(self) -> str:
+        return "a" if self.global_step < 3 else "b"
+
+    def training_step(self, batch, batch_idx):
+        return getattr(self, self.training_stage)(batch[0]).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def _fit(tmp_path, budget: TrainingBudget, ckpt_path=None, module=None, **trainer_kwargs):
     data = DataLoader(TensorDataset(torch.randn(20, 8)), batch_size=5, drop_last=True)  # epochs of 4 batches
     trainer = L.Trainer(accelerator="cpu", max_epochs=-1, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[budget], default_root_dir=tmp_path, **trainer_kwargs)
-    trainer.fit(_Linear(), data, ckpt_path=ckpt_path)
+    trainer.fit(_Linear() if module is None else module, data, ckpt_path=ckpt_path)
     return trainer
 
 
@@ -79,6 +99,7 @@ def test_budget_stops_exactly_and_a_spent_run_trains_no_further_batch(tmp_path):
     assert summary["truncated"] is False and summary["images_seen"] == 35
     assert budget.flops_per_image == 2 * 8 * 4 * 2  # per image of one training batch, counted once
     assert summary["train_flops_total"] == 35 * 128 and summary["train_pflop"] == pytest.approx(35 * 128 / 1e15)
+    assert "stages" not in summary and "stages" not in budget.state_dict()  # single-stage records as before
     ckpt = tmp_path / "spent.ckpt"
     trainer.save_checkpoint(ckpt)
 
@@ -89,6 +110,28 @@ def test_budget_stops_exactly_and_a_spent_run_trains_no_further_batch(tmp_path):
     longer = TrainingBudget(train_images=50)  # a larger budget goes on from where the run stopped
     extended = _fit(tmp_path, longer, ckpt_path=str(ckpt))
     assert extended.global_step == 10 and longer.images == 50
+
+
+def test_a_staged_model_is_counted_per_stage_and_resumes_its_counts(tmp_path):
+    budget = TrainingBudget(train_images=35)  # 3 batches of stage a, then 4 of stage b
+    trainer = _fit(tmp_path, budget, module=_TwoStage())
+    summary = budget.summary(trainer.global_step, budget.stopped_by(trainer))
+    assert summary["stages"] == {"a": {"images": 15, "flops_per_image": 128.0, "flops": 15 * 128.0},
+                                 "b": {"images": 20, "flops_per_image": 192.0, "flops": 20 * 192.0}}
+    total = 15 * 128 + 20 * 192  # the switch changes the FLOPs per image; the stages add up
+    assert summary["train_flops_total"] == total and summary["images_seen"] == 35
+    assert summary["train_flops_per_image"] == pytest.approx(total / 35)  # the average over the images seen
+    again = TrainingBudget(train_images=35)
+    again.load_state_dict(budget.state_dict())
+    assert again.summary(7, "budget") == budget.summary(7, "budget")
+
+    ckpt = tmp_path / "staged.ckpt"
+    trainer.save_checkpoint(ckpt)
+    longer = TrainingBudget(train_images=50)  # resumed in stage b: counted on, not measured again
+    _fit(tmp_path, longer, ckpt_path=str(ckpt), module=_TwoStage())
+    assert longer.stages == {"a": {"images": 15, "flops_per_image": 128.0},
+                             "b": {"images": 35, "flops_per_image": 192.0}}
+    assert longer.train_flops == 15 * 128 + 35 * 192
 
 
 @pytest.mark.parametrize("limit, reason", [({"max_steps": 3}, "max_steps"), ({"max_time": {"seconds": 0}}, "max_time")])

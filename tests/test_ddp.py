@@ -1,7 +1,7 @@
 """Training with devices=2 (CPU, gloo) through the real CLI for every family: each run in its own process.
 
 The GAN's manual optimisation under DDP is covered in tests/test_gan.py; this file covers the others,
-DDPM's EMA included: after DDP training both ranks must hold the same weights, which the checkpoint (written
+DDPM's EMA and latent diffusion's two stages and latent scale included: after DDP training both ranks must hold the same weights, which the checkpoint (written
 by rank 0) and a second rank-1 dump are compared on.
 """
 
@@ -27,13 +27,17 @@ torch.distributed.destroy_process_group()  # a clean exit of every rank
 """
 
 
-@pytest.mark.parametrize("model", ["ddpm", "vae", "realnvp"])
+# per model: arguments beyond its smoke profile (latent diffusion: both stages within the 4 steps)
+EXTRA_ARGS = {"ldm": ["--model.init_args.autoencoder_steps=2"]}
+
+
+@pytest.mark.parametrize("model", ["ddpm", "vae", "realnvp", "ldm"])
 def test_two_process_ddp_training_keeps_ranks_identical(model, tmp_path):
     script = tmp_path / "ddp_fit.py"
     script.write_text(RANK_DUMP.format(out=tmp_path))
     args = [f"--config={ROOT / 'configs' / p}" for p in
             ("trainer/default.yaml", "data/mnist.yaml", f"model/{model}.yaml", f"profile/smoke/{model}.yaml")]
-    args += ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.max_steps=4",
+    args += [*EXTRA_ARGS.get(model, []), "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.max_steps=4",
              "--trainer.limit_val_batches=0", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
              "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}"]
     out = subprocess.run([sys.executable, str(script), *args], cwd=ROOT, capture_output=True, text=True,
@@ -45,9 +49,12 @@ def test_two_process_ddp_training_keeps_ranks_identical(model, tmp_path):
     for k in r0:
         assert torch.isfinite(r0[k].float()).all(), k
         assert torch.equal(r0[k], r1[k]), f"{k} differs between ranks after DDP training"
-    if model == "ddpm":
+    if model in ("ddpm", "ldm"):
         ema = [k for k in r0 if k.startswith("ema.")]
-        assert ema, "DDPM keeps an EMA copy"
+        assert ema, f"{model} keeps an EMA copy"
+    if model == "ldm":  # trained in both stages: one latent scale, estimated alike on both ranks
+        assert float(r0["latent_scale"]) > 0
+        assert not torch.equal(r0["ema.conv_out.weight"], torch.zeros_like(r0["ema.conv_out.weight"]))
 
 
 RESUME_SCRIPT = """

@@ -53,7 +53,8 @@ def test_bad_sweep_files_are_named(tmp_path, text, match):
 def test_shipped_sweeps_expand():
     assert len(load_sweep(ROOT / "configs" / "sweeps" / "seeds.yaml").jobs()) == 24
     assert [j[1] for j in load_sweep(ROOT / "configs" / "sweeps" / "families.yaml").jobs()] == ["ddpm", "vae",
-                                                                                                 "realnvp", "gan"]
+                                                                                                 "realnvp", "gan",
+                                                                                                 "ldm"]
 
 
 def test_slurm_array_dry_run_submits_one_task_per_job(tmp_path):

@@ -445,6 +445,10 @@ def _compute_note(records: list[ResultRecord]) -> str:
             text += f" of a {train['budget_train_images']} budget"
         if train.get("train_flops_per_image"):
             text += f", {train['train_flops_per_image'] / 1e9:.3g} GFLOP/image"
+        stages = train.get("stages") or {}
+        if stages and all(s.get("flops_per_image") for s in stages.values()):  # a model trained in stages
+            text += " on average (" + ", ".join(f"{name} {s['images']} images at {s['flops_per_image'] / 1e9:.3g}"
+                                                for name, s in stages.items()) + ")"
         if sampling.get("flops_per_image"):
             text += f"; sampling {sampling['flops_per_image'] / 1e9:.3g} GFLOP/image"
             if sampling.get("network_evaluations_per_image"):

@@ -211,7 +211,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         argv, extra = argv[:i], argv[i + 1:]
     p = argparse.ArgumentParser(prog="python -m genbench bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None,
-                   help="gan | vae | realnvp | ddpm, or the class path of your own GenerativeModel (pkg.module.Class); "
+                   help="gan | vae | realnvp | ddpm | ldm, or the class path of your own GenerativeModel (pkg.module.Class); "
                         "required unless --checkpoint names it")
     p.add_argument("--data", default=None,
                    help="dataset name (default mnist, or the checkpoint's), or your own images: folder:PATH or "

@@ -9,6 +9,10 @@ step ``t + 1`` of the paper, so ``alphas_cumprod[t]`` is abar_{t+1}. The variati
     L_t = KL(q(x_t | x_{t+1}, x_0) || p(x_t | x_{t+1}))         (:meth:`vlb_term`, index t >= 1)
     L_0 = -log p(x_0 | x_1), a discretized Gaussian with open edge bins (:meth:`vlb_term`, index 0)
 
+For continuous data (``num_levels=None``: the latents of latent diffusion) L_0 is instead the Gaussian
+*density* -log N(x_0; mu_theta(x_1, 1), sigma_1^2), and the bound is one on the negative log-density
+(Vahdat et al. 2021, LSGM).
+
 The network is any callable ``model(x_t, t) -> output`` (``t`` = the original timestep index, int64);
 :class:`GaussianDiffusion` turns its output into the reverse process and never sees labels or weights.
 All schedule quantities are float64 buffers; every method computes in the dtype of its ``x`` argument, so
@@ -24,7 +28,7 @@ import torch
 from torch import nn
 
 from genbench.diffusion.modes import LikelihoodEstimator, LossType, ModelOutput, VarType, parse, values
-from genbench.distributions import discretized_gaussian_log_likelihood, normal_kl
+from genbench.distributions import LOG_2PI, discretized_gaussian_log_likelihood, normal_kl
 
 MODEL_OUTPUTS = values(ModelOutput)
 VAR_TYPES = values(VarType)
@@ -110,7 +114,8 @@ class GaussianDiffusion(nn.Module):
         min_snr_gamma: min-SNR-gamma loss weighting of L_simple (Hang et al. 2023): each example's MSE is
             weighted so that the implied x_0 loss weight is min(SNR_t, gamma) instead of SNR_t (eps), 1 (x_0)
             or SNR_t + 1 (v); the bound terms are never reweighted. ``None`` = unweighted L_simple.
-        num_levels: grey levels of the data, for the discretized decoder L_0.
+        num_levels: grey levels of the data, for the discretized decoder L_0; ``None`` for continuous data,
+            whose L_0 is the Gaussian density of x_0 under p(x_0 | x_1) (a bound on -log density, in nats).
         timestep_map: the original timestep index of each step (a respaced process keeps a subset);
             the network is always called with original indices.
     """
@@ -122,7 +127,7 @@ class GaussianDiffusion(nn.Module):
         var_type: str = "fixed_large",
         loss_type: str = "simple",
         vlb_weight: float = 0.001,
-        num_levels: int = 256,
+        num_levels: int | None = 256,
         timestep_map: torch.Tensor | None = None,
         min_snr_gamma: float | None = None,
     ) -> None:
@@ -132,8 +137,8 @@ class GaussianDiffusion(nn.Module):
         loss_type = parse(LossType, loss_type, "loss_type")
         if loss_type == LossType.HYBRID and var_type != VarType.LEARNED_RANGE:
             raise ValueError("loss_type='hybrid' trains the variance through L_vlb: it needs var_type='learned_range'")
-        if num_levels < 2:
-            raise ValueError(f"num_levels must be >= 2 (discrete data), got {num_levels}")
+        if num_levels is not None and num_levels < 2:
+            raise ValueError(f"num_levels must be >= 2 (discrete data) or None (continuous data), got {num_levels}")
         if min_snr_gamma is not None and not min_snr_gamma > 0:
             raise ValueError(f"min_snr_gamma must be positive or None, got {min_snr_gamma}")
         betas = torch.as_tensor(betas, dtype=torch.float64).flatten()
@@ -144,7 +149,7 @@ class GaussianDiffusion(nn.Module):
         self.loss_type = loss_type
         self.vlb_weight = float(vlb_weight)
         self.min_snr_gamma = None if min_snr_gamma is None else float(min_snr_gamma)
-        self.num_levels = int(num_levels)
+        self.num_levels = None if num_levels is None else int(num_levels)
         T = betas.numel()
         if timestep_map is None:
             timestep_map = torch.arange(T, dtype=torch.int64)
@@ -347,13 +352,18 @@ class GaussianDiffusion(nn.Module):
         output: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Bound term at step ``t`` in nats per example: L_t = KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t))
-        for t >= 1 and the decoder L_0 = -log p(x_0 | x_1) (discretized Gaussian, open edges) for t = 0."""
+        for t >= 1 and the decoder L_0 = -log p(x_0 | x_1) for t = 0: a discretized Gaussian with open edges
+        on ``num_levels`` levels, or for continuous data (``num_levels=None``) the Gaussian density."""
         true_mean, _, true_log_variance = self.q_posterior_mean_variance(x_start, x_t, t)
         p = self.p_mean_variance(model, x_t, t, clip_denoised=clip_denoised, output=output)
         kl = sum_flat(normal_kl(true_mean, true_log_variance, p["mean"], p["log_variance"]))
-        decoder_nll = -sum_flat(
-            discretized_gaussian_log_likelihood(x_start, p["mean"], 0.5 * p["log_variance"], levels=self.num_levels)
-        )
+        if self.num_levels is None:
+            decoder_nll = 0.5 * sum_flat((x_start - p["mean"]) ** 2 * torch.exp(-p["log_variance"])
+                                         + p["log_variance"] + LOG_2PI)
+        else:
+            decoder_nll = -sum_flat(
+                discretized_gaussian_log_likelihood(x_start, p["mean"], 0.5 * p["log_variance"], levels=self.num_levels)
+            )
         return torch.where(t == 0, decoder_nll, kl)
 
     def nll_bound(
@@ -365,7 +375,8 @@ class GaussianDiffusion(nn.Module):
         generator: Generators = None,
         clip_denoised: bool = True,
     ) -> dict[str, torch.Tensor]:
-        """The bound L_T + sum_{t>=1} L_t + L_0 on -log p(x_0) in nats per example, term by term.
+        """The bound L_T + sum_{t>=1} L_t + L_0 on -log p(x_0) in nats per example, term by term (on the
+        discrete -log P(x_0), or with ``num_levels=None`` on the continuous -log density of x_0).
 
         Every term is a one-sample estimate over x_t ~ q(x_t | x_0) (as in Ho et al.); the estimators differ
         in how they cover the T - 1 KL terms:

@@ -34,7 +34,7 @@ LIKELIHOOD_NONE = "none"  # no density (GAN)
 
 # The project's own families. The list is open: a model outside it declares its own ``family`` (a short
 # lower-case name, e.g. "autoregressive"), which the record and the leaderboard show as given.
-FAMILIES = ("gan", "vae", "flow", "diffusion")
+FAMILIES = ("gan", "vae", "flow", "diffusion", "latent_diffusion")
 FAMILY_NAME = re.compile(r"[a-z][a-z0-9_-]*")
 
 

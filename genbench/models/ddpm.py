@@ -52,6 +52,17 @@ TEST_BPD = "test/bpd"
 VAL_SEED = 12345  # timesteps and noise of val/loss are the same at every validation
 
 
+def image_generators(x: torch.Tensor, seed: int) -> list[torch.Generator]:
+    """One CPU generator per image of ``x``, seeded by ``seed`` and the image's bytes: a Monte Carlo bound
+    drawn from them gives an image the same number whatever batch it is scored in."""
+    seed_bytes = int(seed).to_bytes(8, "little", signed=True)
+    generators = []
+    for image in x.detach().cpu().contiguous().numpy():
+        digest = hashlib.blake2b(image.tobytes() + seed_bytes, digest_size=8).digest()
+        generators.append(torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1)))
+    return generators
+
+
 class DDPM(GenerativeModel):
     """Denoising diffusion probabilistic model.
 
@@ -319,12 +330,7 @@ class DDPM(GenerativeModel):
 
     def _image_generators(self, x: torch.Tensor) -> list[torch.Generator]:
         """One CPU generator per image, seeded by ``likelihood_seed`` and the image's bytes."""
-        seed = int(self.hparams.likelihood_seed).to_bytes(8, "little", signed=True)
-        generators = []
-        for image in x.detach().cpu().contiguous().numpy():
-            digest = hashlib.blake2b(image.tobytes() + seed, digest_size=8).digest()
-            generators.append(torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1)))
-        return generators
+        return image_generators(x, self.hparams.likelihood_seed)
 
     @torch.no_grad()
     def _log_likelihood(self, x: torch.Tensor, estimator: str, num_timesteps: int) -> torch.Tensor:

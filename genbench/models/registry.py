@@ -20,6 +20,7 @@ register("gan", "genbench.models.gan:GAN")
 register("vae", "genbench.models.vae:VAE")
 register("ddpm", "genbench.models.ddpm:DDPM")
 register("realnvp", "genbench.models.realnvp:RealNVP")
+register("ldm", "genbench.models.ldm:LDM")
 
 
 def model_names() -> list[str]:

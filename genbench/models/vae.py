@@ -1,7 +1,8 @@
 """Convolutional VAE with a discrete decoder: the ELBO and the importance-weighted bound in bits/dim.
 
 q(z|x) is a diagonal Gaussian from a conv encoder, p(z) a standard normal, and p(x|z) a distribution over
-the dataset's *discrete* grey levels, independent across pixels given z: either a mixture of discretized
+the dataset's *discrete* grey levels (:class:`genbench.models.pixel_decoder.DiscretePixelDecoder`, shared
+with latent diffusion), independent across pixels given z: either a mixture of discretized
 logistics with open edge bins (Salimans et al. 2017; one component is the plain discretized logistic) or a
 per-pixel categorical over all ``num_levels``. Because p(x|z) is a probability mass function, the bounds
 below are bounds on the discrete log-likelihood and convert to a valid bits/dim (a Gaussian/MSE decoder
@@ -26,15 +27,11 @@ from typing import Any
 
 import torch
 
-from genbench.data.transforms import to_model_space, to_pixels
-from genbench.distributions import (
-    diag_normal_log_prob,
-    discretized_logistic_mixture_log_likelihood,
-    normal_kl,
-    standard_normal_log_prob,
-)
+from genbench.data.transforms import to_model_space
+from genbench.distributions import diag_normal_log_prob, normal_kl, standard_normal_log_prob
 from genbench.metrics.likelihood import bpd
 from genbench.models.base import LIKELIHOOD_BOUND, GenerativeModel, eval_mode
+from genbench.models.pixel_decoder import DECODERS, SAMPLE_PIXELS, DiscretePixelDecoder
 from genbench.nets.vae import ConvDecoder, ConvEncoder
 
 # Metric names (shared with the harness and the leaderboard).
@@ -49,9 +46,6 @@ VAL_RECON_NATS = "val/recon_nats"
 VAL_ELBO_BPD = "val/elbo_bpd"
 VAL_BPD = "val/bpd"
 VAL_ACTIVE_UNITS = "val/active_units"
-
-DECODERS = ("logistic_mixture", "categorical")
-SAMPLE_PIXELS = ("draw", "mode")
 
 
 class VAE(GenerativeModel):
@@ -133,9 +127,9 @@ class VAE(GenerativeModel):
             )
         self.save_hyperparameters()
         c, h, w = self.data_shape
-        params_per_channel = 3 * num_mixtures if decoder == "logistic_mixture" else self.num_levels
+        self.pixel_decoder = DiscretePixelDecoder(self.data_shape, self.num_levels, decoder, num_mixtures, min_log_scale)
         self.encoder = ConvEncoder(c, (h, w), latent_dim, channels, num_res_blocks)
-        self.decoder = ConvDecoder(c * params_per_channel, (h, w), latent_dim, channels, num_res_blocks)
+        self.decoder = ConvDecoder(self.pixel_decoder.out_channels, (h, w), latent_dim, channels, num_res_blocks)
         self.latent_dim = latent_dim
         self._au_stats: list[torch.Tensor] | None = None
 
@@ -146,70 +140,23 @@ class VAE(GenerativeModel):
 
     def _split_decoder_output(self, out: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Decoder feature maps -> per-pixel distribution parameters, components / levels along dim 1."""
-        n, (c, h, w) = out.shape[0], self.data_shape
-        if self.hparams.decoder == "categorical":
-            return (out.view(n, self.num_levels, c, h, w),)
-        logits, means, log_scales = out.view(n, 3, self.hparams.num_mixtures, c, h, w).unbind(1)
-        return logits, means, log_scales.clamp(min=self.hparams.min_log_scale)
+        return self.pixel_decoder.split(out)
 
     def decoder_log_prob(
         self, x: torch.Tensor, out: torch.Tensor, dtype: torch.dtype = torch.float32
     ) -> torch.Tensor:
         """Per-pixel log p(x|z) ``[N, C, H, W]`` of uint8 ``x`` given decoder output ``out``, in ``dtype``."""
-        params = [p.to(dtype) for p in self._split_decoder_output(out)]
-        if self.hparams.decoder == "categorical":
-            return torch.log_softmax(params[0], dim=1).gather(1, x.long().unsqueeze(1)).squeeze(1)
-        x_ms = to_model_space(x, self.num_levels, dtype)
-        return discretized_logistic_mixture_log_likelihood(x_ms, *params, levels=self.num_levels)
+        return self.pixel_decoder.log_prob(x, out, dtype)
 
     def decoder_level_log_probs(self, out: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """log p(x_pixel = k | z) for every level k: ``[N, L, C, H, W]`` (each pixel's entries sum to one)."""
-        n = out.shape[0]
-        levels = [
-            self.decoder_log_prob(
-                torch.full((n, *self.data_shape), k, dtype=torch.uint8, device=out.device), out, dtype
-            )
-            for k in range(self.num_levels)
-        ]
-        return torch.stack(levels, dim=1)
-
-    def _uniform(self, shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
-        device = self.device if generator is None else generator.device
-        u = torch.rand(shape, generator=generator, device=device)
-        return u.to(self.device).clamp(1e-6, 1.0 - 1e-6)
+        return self.pixel_decoder.level_log_probs(out, dtype)
 
     def decoder_pixels(
         self, out: torch.Tensor, draw: bool, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """uint8 pixels from p(x|z): a draw, or each pixel's most probable level (``draw=False``)."""
-        params = [p.float() for p in self._split_decoder_output(out)]
-        if not draw:
-            if self.hparams.decoder == "categorical":
-                return params[0].argmax(dim=1).to(torch.uint8)
-            best_lp = best_k = None
-            for k in range(self.num_levels):  # exact mode of the discretized mixture, one level at a time
-                x_k = torch.full((out.shape[0], *self.data_shape), k, dtype=torch.uint8, device=out.device)
-                lp = self.decoder_log_prob(x_k, out, torch.float32)
-                if best_lp is None:
-                    best_lp, best_k = lp, torch.zeros_like(lp, dtype=torch.uint8)
-                else:
-                    better = lp > best_lp
-                    best_lp = torch.where(better, lp, best_lp)
-                    best_k = torch.where(better, torch.full_like(best_k, k), best_k)
-            return best_k
-        if self.hparams.decoder == "categorical":
-            gumbel = -torch.log(-torch.log(self._uniform(tuple(params[0].shape), generator)))
-            return (params[0] + gumbel).argmax(dim=1).to(torch.uint8)
-        logits, means, log_scales = params
-        gumbel = -torch.log(-torch.log(self._uniform(tuple(logits.shape), generator)))
-        component = (logits + gumbel).argmax(dim=1, keepdim=True)
-        mean = means.gather(1, component).squeeze(1)
-        log_scale = log_scales.gather(1, component).squeeze(1)
-        u = self._uniform(tuple(mean.shape), generator)
-        x_ms = mean + torch.exp(log_scale) * (torch.log(u) - torch.log1p(-u))
-        return to_pixels(
-            x_ms, self.num_levels
-        )  # open edge bins: values beyond [-1, 1] clamp to the edge levels
+        return self.pixel_decoder.pixels(out, draw, generator)
 
     # ------------------------------------------------------------------ bounds
     def elbo_terms(self, x: torch.Tensor, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
@@ -299,9 +246,7 @@ class VAE(GenerativeModel):
             self.hparams.sample_pixels = main
 
     def _decoder_name(self) -> str:
-        if self.hparams.decoder == "categorical":
-            return f"categorical({self.num_levels})"
-        return f"discretized_logistic_mixture(K={self.hparams.num_mixtures})"
+        return self.pixel_decoder.name
 
     @contextlib.contextmanager
     def _eval_context(self) -> Iterator[None]:
