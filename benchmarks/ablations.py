@@ -64,6 +64,11 @@ SETTINGS: tuple[Setting, ...] = (
     # DDPM: the loss weighting
     Setting("ddpm_train/base", "ddpm", note="eps prediction, hybrid loss, lr 1e-3, batch 64"),
     Setting("ddpm_train/min_snr", "ddpm", ("--model.init_args.min_snr_gamma=5.0",), note="min-SNR-5 weighting"),
+    # Latent diffusion: what its samples are made of (the weights are the same)
+    Setting("ldm_train/base", "ldm", criterion="bpd", note="the quick LDM (pixel DDPM's training FLOPs)"),
+    Setting("ldm_sampler/draw", "ldm", same_as="ldm_train/base", note="pixels drawn from p(x|z)"),
+    Setting("ldm_sampler/mode", "ldm", ("--model.init_args.sample_pixels=mode",), eval_of="ldm_train/base",
+            note="the decoder's per-pixel mode"),
     # GAN: the loss / normalisation / optimiser recipe
     Setting("gan_train/base", "gan", note="DCGAN, non-saturating loss, BN in D, Adam(0.5, 0.999)"),
     Setting("gan_train/hinge_sn", "gan", GAN_HINGE_SN, note="hinge loss, spectral norm in D (no BN), Adam(0, 0.9)"),

@@ -88,7 +88,7 @@ def row_from_record(record: dict, family: str, subset: int | None, budget: int, 
             "domain_rate": e.get("domain", {}).get("value"), "threshold": e["threshold"],
             "heldout_flagged_rate": e["heldout_flagged_rate"], "median_ratio_samples": e["median_ratio_samples"],
             "median_ratio_heldout": e.get("median_ratio_heldout"), "n": e["n"], "k": e["k"],
-            "train_pflop": training.get("train_pflop"), "sampler": record.get("model", {}).get("sampler")}
+            "train_pflop": training.get("train_pflop"), "sampler": record["metrics"].get("sampling", {}).get("sampler")}
 
 
 def find_record(where: Path) -> Path | None:
