@@ -20,6 +20,8 @@ The SDE and ODE samplers end by denoising with the predicted x_0 at the first st
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from genbench.diffusion.gaussian_diffusion import GaussianDiffusion, Generators, ModelFn, randn
@@ -215,3 +217,29 @@ SAMPLER_FUNCTIONS = {
     Sampler.SDE: sde_sample,
     Sampler.ODE: ode_sample,
 }
+
+
+def sampler_options(hparams: Any) -> dict[str, Any]:
+    """The :func:`sample` keywords named by a model's hyperparameters (``sampler``, ``sampling_steps``,
+    ``ddim_eta``, ``pc_predictor``, ``pc_corrector_steps``, ``pc_snr``: DDPM's and LDM's names)."""
+    return {"sampler": hparams.sampler, "num_steps": hparams.sampling_steps, "eta": hparams.ddim_eta,
+            "pc_predictor": hparams.pc_predictor, "pc_corrector_steps": hparams.pc_corrector_steps,
+            "pc_snr": hparams.pc_snr}
+
+
+def sampler_record(hparams: Any, num_timesteps: int) -> dict[str, Any]:
+    """What a record says of the sampler :func:`sampler_options` selects: its name, steps (at most T), the
+    DDIM eta or the predictor-corrector settings, and ``network_evaluations`` of one sampling pass."""
+    steps = min(int(hparams.sampling_steps), int(num_timesteps))
+    info: dict[str, Any] = {"sampler": hparams.sampler, "steps": steps, "T": int(num_timesteps)}
+    evaluations = steps
+    if hparams.sampler == Sampler.DDIM:
+        info["eta"] = hparams.ddim_eta
+    if hparams.sampler == Sampler.PC:
+        from genbench.diffusion.langevin import pc_network_evaluations
+
+        info.update(predictor=hparams.pc_predictor, corrector="langevin",
+                    corrector_steps=hparams.pc_corrector_steps, snr=hparams.pc_snr)
+        evaluations = pc_network_evaluations(steps, hparams.pc_corrector_steps)
+    info["network_evaluations"] = evaluations
+    return info

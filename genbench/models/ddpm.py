@@ -35,8 +35,8 @@ import torch
 from genbench.data.transforms import to_model_space, to_pixels
 from genbench.diffusion import GaussianDiffusion, make_betas
 from genbench.diffusion import sample as diffusion_sample
-from genbench.diffusion.langevin import pc_network_evaluations
 from genbench.diffusion.modes import LikelihoodEstimator, LossType, PCPredictor, Sampler, parse
+from genbench.diffusion.samplers import sampler_options, sampler_record
 from genbench.metrics.likelihood import bpd
 from genbench.models.base import LIKELIHOOD_BOUND, GenerativeModel, LikelihoodUnavailable, eval_mode
 from genbench.models.schedules import ema_decay_at, ema_update, linear_warmup
@@ -306,20 +306,8 @@ class DDPM(GenerativeModel):
                 raise ValueError("labels given to an unconditional DDPM (class_conditional=False)")
             fn = self._model_fn(self.sampling_net, labels, self.hparams.guidance_scale)
             with torch.autocast(device_type=self.device.type, enabled=False):
-                x = diffusion_sample(
-                    self.diffusion,
-                    fn,
-                    (n, *self.data_shape),
-                    sampler=self.hparams.sampler,
-                    num_steps=self.hparams.sampling_steps,
-                    eta=self.hparams.ddim_eta,
-                    generator=generator,
-                    pc_predictor=self.hparams.pc_predictor,
-                    pc_corrector_steps=self.hparams.pc_corrector_steps,
-                    pc_snr=self.hparams.pc_snr,
-                    device=self.device,
-                    clip_denoised=self.hparams.clip_denoised,
-                )
+                x = diffusion_sample(self.diffusion, fn, (n, *self.data_shape), generator=generator, device=self.device,
+                                     clip_denoised=self.hparams.clip_denoised, **sampler_options(self.hparams))
             return to_pixels(x, self.num_levels).cpu()
 
     def set_sampling_steps(self, steps: int) -> None:
@@ -373,24 +361,11 @@ class DDPM(GenerativeModel):
         }
 
     def sampler_info(self) -> dict[str, Any]:
-        info = {
-            "eval_mode": True,
-            "sampler": self.hparams.sampler,
-            "steps": min(self.hparams.sampling_steps, self.diffusion.num_timesteps),
-            "T": self.diffusion.num_timesteps,
-            "ema": self.hparams.use_ema,
-            "ema_decay": self.hparams.ema_decay,
-            "clip_denoised": self.hparams.clip_denoised,
-        }
-        if self.hparams.sampler == Sampler.DDIM:
-            info["eta"] = self.hparams.ddim_eta
-        evaluations_per_pass = info["steps"]
-        if self.hparams.sampler == Sampler.PC:
-            info.update(predictor=self.hparams.pc_predictor, corrector="langevin",
-                        corrector_steps=self.hparams.pc_corrector_steps, snr=self.hparams.pc_snr)
-            evaluations_per_pass = pc_network_evaluations(info["steps"], self.hparams.pc_corrector_steps)
+        info = {"eval_mode": True, **sampler_record(self.hparams, self.diffusion.num_timesteps),
+                "ema": self.hparams.use_ema, "ema_decay": self.hparams.ema_decay,
+                "clip_denoised": self.hparams.clip_denoised}
         if self.hparams.class_conditional:
             info.update(labels="uniform", guidance_scale=self.hparams.guidance_scale)
-        guided = self.hparams.class_conditional and self.hparams.guidance_scale != 1.0
-        info["network_evaluations"] = evaluations_per_pass * (2 if guided else 1)  # guidance adds an unconditional pass
+        if self.hparams.class_conditional and self.hparams.guidance_scale != 1.0:
+            info["network_evaluations"] *= 2  # guidance adds an unconditional pass
         return info

@@ -58,8 +58,8 @@ from genbench.data.transforms import to_model_space
 from genbench.diffusion import GaussianDiffusion, make_betas
 from genbench.diffusion import sample as diffusion_sample
 from genbench.diffusion.gaussian_diffusion import Generators, ModelFn, randn, sum_flat
-from genbench.diffusion.langevin import pc_network_evaluations
 from genbench.diffusion.modes import LikelihoodEstimator, LossType, PCPredictor, Sampler, parse
+from genbench.diffusion.samplers import sampler_options, sampler_record
 from genbench.distributions import LOG_2PI, normal_kl
 from genbench.metrics.likelihood import bpd
 from genbench.models.base import LIKELIHOOD_BOUND, GenerativeModel, eval_mode
@@ -479,20 +479,9 @@ class LDM(GenerativeModel):
         if n == 0:
             return torch.zeros((0, *self.data_shape), dtype=torch.uint8)
         with eval_mode(self), torch.autocast(device_type=self.device.type, enabled=False):
-            z_scaled = diffusion_sample(
-                self.diffusion,
-                self._model_fn(self.sampling_net),
-                (n, *self.latent_shape),
-                sampler=self.hparams.sampler,
-                num_steps=self.hparams.sampling_steps,
-                eta=self.hparams.ddim_eta,
-                generator=generator,
-                pc_predictor=self.hparams.pc_predictor,
-                pc_corrector_steps=self.hparams.pc_corrector_steps,
-                pc_snr=self.hparams.pc_snr,
-                device=self.device,
-                clip_denoised=False,
-            )
+            z_scaled = diffusion_sample(self.diffusion, self._model_fn(self.sampling_net), (n, *self.latent_shape),
+                                        generator=generator, device=self.device, clip_denoised=False,
+                                        **sampler_options(self.hparams))
             out = self.decoder(z_scaled * self.scale)
             return self.pixel_decoder.pixels(out, self.hparams.sample_pixels == "draw", generator).cpu()
 
@@ -575,29 +564,12 @@ class LDM(GenerativeModel):
 
     def sampler_info(self) -> dict[str, Any]:
         hp = self.hparams
-        steps = min(hp.sampling_steps, self.diffusion.num_timesteps)
-        info: dict[str, Any] = {
-            "eval_mode": True,
-            "sampler": hp.sampler,
-            "steps": steps,
-            "T": self.diffusion.num_timesteps,
-            "space": "latent",
-            "latent_shape": list(self.latent_shape),
-            "latent_scale": self.scale,
-            "ema": hp.use_ema,
-            "ema_decay": hp.ema_decay,
-            "clip_denoised": False,
-            "pixels": "decoder_draws" if hp.sample_pixels == "draw" else "decoder_modes",
-            "decoder": self.pixel_decoder.name,
-        }
-        if hp.sampler == Sampler.DDIM:
-            info["eta"] = hp.ddim_eta
-        unet_calls = steps
-        if hp.sampler == Sampler.PC:
-            info.update(predictor=hp.pc_predictor, corrector="langevin", corrector_steps=hp.pc_corrector_steps,
-                        snr=hp.pc_snr)
-            unet_calls = pc_network_evaluations(steps, hp.pc_corrector_steps)
-        info["unet_evaluations"] = unet_calls
+        info = {"eval_mode": True, **sampler_record(hp, self.diffusion.num_timesteps), "space": "latent",
+                "latent_shape": list(self.latent_shape), "latent_scale": self.scale, "ema": hp.use_ema,
+                "ema_decay": hp.ema_decay, "clip_denoised": False,
+                "pixels": "decoder_draws" if hp.sample_pixels == "draw" else "decoder_modes",
+                "decoder": self.pixel_decoder.name}
+        info["unet_evaluations"] = info["network_evaluations"]
         info["decoder_evaluations"] = 1
-        info["network_evaluations"] = unet_calls + 1  # the UNet's calls and the one decoder pass
+        info["network_evaluations"] += 1  # the UNet's calls and the one decoder pass
         return info
