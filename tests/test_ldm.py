@@ -134,7 +134,7 @@ def test_sampler_info_variants_and_input_errors(digits):
     model = tiny_ldm(digits)
     info = model.sampler_info()
     assert info["network_evaluations"] == info["unet_evaluations"] + 1 == 5 and info["decoder_evaluations"] == 1
-    assert info["latent_shape"] == [2, 2, 2] and info["clip_denoised"] is False and info["pixels"] == "decoder_draws"
+    assert info["latent_shape"] == [2, 2, 2] and info["latent_clip"] == 5.0 and info["pixels"] == "decoder_draws"
     model.set_sampling_steps(2)
     assert model.sampler_info()["steps"] == 2 and model.adjustable_sampling_steps
     assert model.sample_variants().keys() == {"decoder_modes"}
@@ -233,3 +233,18 @@ def test_leaderboard_notes_the_compute_of_each_stage():
     note = leaderboard._compute_note([rec])
     assert ("ldm: 300 training images of a 300 budget, 2 GFLOP/image on average (autoencoder 100 images at 3, "
             "latent_diffusion 200 images at 1.5); sampling 1 GFLOP/image (51 network evaluations)") in note
+
+
+def test_latent_clip_bounds_the_predicted_latent_in_sampling_and_the_bound():
+    """Cosine schedule, eps-prediction: at t = T an eps error of 1e-3 is a z_0 error of ~1e-3 / sqrt(abar_T);
+    1 / sqrt(abar_T) is about 2e4; the clip keeps the prediction within [-latent_clip, latent_clip] (None: no clip)."""
+    diffusion = GaussianDiffusion(make_betas("cosine", 1000), num_levels=None, clip_range=5.0)
+    x_t = torch.randn(4, 2, 3, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    t = torch.full((4,), 999, dtype=torch.int64)
+    off = x_t + 1e-3  # the "network": eps = x_t + 0.001 (the exact eps at t = T is about x_t)
+    raw = diffusion.p_mean_variance(None, x_t, t, clip_denoised=False, output=off)["pred_x_start"]
+    clipped = diffusion.p_mean_variance(None, x_t, t, clip_denoised=True, output=off)["pred_x_start"]
+    assert raw.abs().max() > 15 and clipped.abs().max() == pytest.approx(5.0)
+    assert diffusion.respace([0, 500, 999]).clip_range == 5.0
+    with pytest.raises(ValueError, match="clip_range"):
+        GaussianDiffusion(make_betas("cosine", 10), clip_range=0.0)

@@ -130,6 +130,7 @@ class GaussianDiffusion(nn.Module):
         num_levels: int | None = 256,
         timestep_map: torch.Tensor | None = None,
         min_snr_gamma: float | None = None,
+        clip_range: float = 1.0,
     ) -> None:
         super().__init__()
         model_output = parse(ModelOutput, model_output, "model_output")
@@ -141,6 +142,8 @@ class GaussianDiffusion(nn.Module):
             raise ValueError(f"num_levels must be >= 2 (discrete data) or None (continuous data), got {num_levels}")
         if min_snr_gamma is not None and not min_snr_gamma > 0:
             raise ValueError(f"min_snr_gamma must be positive or None, got {min_snr_gamma}")
+        if not clip_range > 0:
+            raise ValueError(f"clip_range must be positive, got {clip_range}")
         betas = torch.as_tensor(betas, dtype=torch.float64).flatten()
         if betas.numel() < 1 or not bool(((betas > 0) & (betas < 1)).all()):
             raise ValueError("betas must be a non-empty 1-D tensor with every value in (0, 1)")
@@ -150,6 +153,7 @@ class GaussianDiffusion(nn.Module):
         self.vlb_weight = float(vlb_weight)
         self.min_snr_gamma = None if min_snr_gamma is None else float(min_snr_gamma)
         self.num_levels = None if num_levels is None else int(num_levels)
+        self.clip_range = float(clip_range)
         T = betas.numel()
         if timestep_map is None:
             timestep_map = torch.arange(T, dtype=torch.int64)
@@ -227,6 +231,7 @@ class GaussianDiffusion(nn.Module):
             num_levels=self.num_levels,
             timestep_map=self.timestep_map.cpu()[steps],
             min_snr_gamma=self.min_snr_gamma,
+            clip_range=self.clip_range,
         ).to(self.betas.device)
 
     # ------------------------------------------------------------------ forward process q
@@ -290,8 +295,8 @@ class GaussianDiffusion(nn.Module):
         """Mean, variance, log-variance of p(x_{t-1} | x_t) and the implied x_0 and eps predictions.
 
         ``output`` (the network output at (x_t, t)) may be given instead of ``model``. With
-        ``clip_denoised`` the predicted x_0 is clipped to [-1, 1] before the posterior mean is formed (the
-        reverse step is still a Gaussian, so the bound stays valid); ``pred_eps`` is then the eps consistent
+        ``clip_denoised`` the predicted x_0 is clipped to [-clip_range, clip_range] before the posterior mean is
+        formed (the reverse step is still a Gaussian, so the bound stays valid); ``pred_eps`` is then the eps consistent
         with the clipped x_0.
         """
         self._check_t(t, x_t)
@@ -320,7 +325,7 @@ class GaussianDiffusion(nn.Module):
         else:
             pred_x_start = self.predict_x_start_from_v(x_t, t, output)
         if clip_denoised:
-            pred_x_start = pred_x_start.clamp(-1.0, 1.0)
+            pred_x_start = pred_x_start.clamp(-self.clip_range, self.clip_range)
         if self.model_output == ModelOutput.EPS and not clip_denoised:
             pred_eps = output
         else:

@@ -15,8 +15,8 @@ Two stages inside one Lightning fit, chosen by the optimizer step (``global_step
    scaled to unit variance: z_scaled = z / s. The scale s (``latent_scale``, a buffer saved in checkpoints)
    is set once, at the first stage-2 step, to the standard deviation of that batch's latents (all elements
    pooled, the sums all-reduced over DDP ranks so every rank holds the same value). The UNet has an EMA
-   copy updated exactly as the DDPM's, in stage 2 only. The predicted z_0 is never clipped (latents are not
-   confined to [-1, 1]).
+   copy updated exactly as the DDPM's, in stage 2 only. Latents are not confined to [-1, 1]: sampling and the
+   bound clip the predicted z_0 / s to [-``latent_clip``, ``latent_clip``] instead (5 standard deviations).
 
 One AdamW optimizer holds two parameter groups (``autoencoder``, ``latent_unet``), so Lightning's gradient
 clipping, LR monitoring and checkpointing work unchanged. A stage computes only its own loss; the other
@@ -136,8 +136,10 @@ def scaled_latent_nll_bound(
     estimator: str = "stratified",
     num_timesteps: int = 16,
     generator: Generators = None,
+    clip_denoised: bool = False,
 ) -> torch.Tensor:
-    """Upper bound on -log p(z) in nats ``[N]`` for a diffusion trained on z / ``scale``.
+    """Upper bound on -log p(z) in nats ``[N]`` for a diffusion trained on z / ``scale`` (``clip_denoised``:
+    the predicted z_0 / s clipped to the diffusion's ``clip_range``).
 
     The diffusion's continuous bound L (``diffusion.num_levels`` must be None: a Gaussian-density L_0) bounds
     -log p_scaled(z / s); the change of variables z = s z_scaled gives -log p(z) = -log p_scaled(z / s)
@@ -148,7 +150,7 @@ def scaled_latent_nll_bound(
     if not scale > 0:
         raise ValueError(f"the latent scale must be positive, got {scale}")
     terms = diffusion.nll_bound(model, z / scale, estimator=estimator, num_sampled=num_timesteps,
-                                generator=generator, clip_denoised=False)
+                                generator=generator, clip_denoised=clip_denoised)
     return terms["total"] + z[0].numel() * math.log(scale)
 
 
@@ -178,6 +180,12 @@ class LDM(GenerativeModel):
             DDPM's.
         sample_pixels: ``draw`` (every pixel drawn from p(x|z): the model whose bound is scored) or ``mode``
             (each pixel's most probable level given z); the other is scored as a sample variant.
+        latent_clip: the predicted z_0 (in units of the latent scale) is clipped to [-latent_clip, latent_clip]
+            in sampling and in the bound, as pixel DDPMs clip x_0 to [-1, 1]; ``None`` = no clipping. Needed
+            with the cosine schedule and eps-prediction: at t = T, abar_T is about 2.4e-9, so x_0 = (z_t -
+            sqrt(1 - abar_t) eps) / sqrt(abar_t) multiplies the network's error by about 2e4 and unclipped
+            samplers diverge. 5 lies beyond the latents' range (unit variance; the largest |z / s| of 256 MNIST
+            validation images is 4.8). The reverse steps stay Gaussian, so the bound stays a bound.
         likelihood_estimator, likelihood_timesteps: the latent DDPM's bound estimator, as the DDPM's.
         likelihood_latent_samples: draws of z ~ q(z|x) per image in the bound.
         likelihood_seed: seed of the bound's Monte Carlo draws.
@@ -189,7 +197,7 @@ class LDM(GenerativeModel):
     likelihood_kind = LIKELIHOOD_BOUND
     adjustable_sampling_steps = True
     evaluation_hparams = ("use_ema", "sampler", "sampling_steps", "ddim_eta", "pc_predictor", "pc_corrector_steps",
-                          "pc_snr", "sample_pixels", "likelihood_estimator", "likelihood_timesteps",
+                          "pc_snr", "sample_pixels", "latent_clip", "likelihood_estimator", "likelihood_timesteps",
                           "likelihood_latent_samples", "likelihood_seed")
 
     def __init__(
@@ -235,6 +243,7 @@ class LDM(GenerativeModel):
         pc_corrector_steps: int = 1,
         pc_snr: float = 0.16,
         sample_pixels: str = "draw",
+        latent_clip: float | None = 5.0,
         likelihood_estimator: str = "stratified",
         likelihood_timesteps: int = 16,
         likelihood_latent_samples: int = 1,
@@ -261,6 +270,8 @@ class LDM(GenerativeModel):
                             ("val_bpd_timesteps", val_bpd_timesteps)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if latent_clip is not None and not latent_clip > 0:
+            raise ValueError(f"latent_clip must be positive or None, got {latent_clip}")
         if not kl_weight > 0:
             raise ValueError(f"kl_weight must be > 0 (the KL keeps q(z|x) from collapsing to a point, where the "
                              f"bound's log q(z|x) diverges), got {kl_weight}")
@@ -284,6 +295,7 @@ class LDM(GenerativeModel):
             vlb_weight=vlb_weight,
             num_levels=None,  # continuous latents: Gaussian-density L_0
             min_snr_gamma=min_snr_gamma,
+            clip_range=1.0 if latent_clip is None else latent_clip,
         )
         self.net = UNet(
             in_channels=latent_channels,
@@ -305,6 +317,11 @@ class LDM(GenerativeModel):
     def training_stage(self) -> str:
         """``autoencoder`` while ``global_step < autoencoder_steps``, then ``latent_diffusion``."""
         return STAGE_AUTOENCODER if self.global_step < self.hparams.autoencoder_steps else STAGE_DIFFUSION
+
+    @property
+    def clips_latents(self) -> bool:
+        """Whether sampling and the bound clip the predicted z_0 / s (``latent_clip``)."""
+        return self.hparams.latent_clip is not None
 
     @property
     def latent_scale_estimated(self) -> bool:
@@ -480,7 +497,7 @@ class LDM(GenerativeModel):
             return torch.zeros((0, *self.data_shape), dtype=torch.uint8)
         with eval_mode(self), torch.autocast(device_type=self.device.type, enabled=False):
             z_scaled = diffusion_sample(self.diffusion, self._model_fn(self.sampling_net), (n, *self.latent_shape),
-                                        generator=generator, device=self.device, clip_denoised=False,
+                                        generator=generator, device=self.device, clip_denoised=self.clips_latents,
                                         **sampler_options(self.hparams))
             out = self.decoder(z_scaled * self.scale)
             return self.pixel_decoder.pixels(out, self.hparams.sample_pixels == "draw", generator).cpu()
@@ -520,7 +537,8 @@ class LDM(GenerativeModel):
                 return -self.pixel_decoder.log_prob(images, out, torch.float64).flatten(1).sum(1)
 
             def prior_nll(z: torch.Tensor) -> torch.Tensor:
-                return scaled_latent_nll_bound(self.diffusion, model, z, scale, estimator, num_timesteps, generators)
+                return scaled_latent_nll_bound(self.diffusion, model, z, scale, estimator, num_timesteps, generators,
+                                               clip_denoised=self.clips_latents)
 
             terms = latent_variable_bound(mean, logvar, decoder_nll, prior_nll, latent_samples, generators)
         return (-terms["total"]).to(torch.float64).to(x.device)
@@ -557,7 +575,7 @@ class LDM(GenerativeModel):
             "latent_scale_estimated": self.latent_scale_estimated,
             "network_calls_per_image": {"encoder": 1, "decoder": k, "unet": k * self._unet_calls_per_latent()},
             "var_type": hp.var_type,
-            "clip_denoised": False,
+            "latent_clip": self.hparams.latent_clip,
             "ema": hp.use_ema,
             "seed": hp.likelihood_seed,
         }
@@ -566,7 +584,7 @@ class LDM(GenerativeModel):
         hp = self.hparams
         info = {"eval_mode": True, **sampler_record(hp, self.diffusion.num_timesteps), "space": "latent",
                 "latent_shape": list(self.latent_shape), "latent_scale": self.scale, "ema": hp.use_ema,
-                "ema_decay": hp.ema_decay, "clip_denoised": False,
+                "ema_decay": hp.ema_decay, "latent_clip": hp.latent_clip,
                 "pixels": "decoder_draws" if hp.sample_pixels == "draw" else "decoder_modes",
                 "decoder": self.pixel_decoder.name}
         info["unet_evaluations"] = info["network_evaluations"]
