@@ -171,7 +171,9 @@ def samples_figure(work: Path, profile: str, budget: int, subset: int, path: Pat
 
 def write_report(result: dict, rows: list[dict]) -> None:
     lines = ["# Extraction control (MNIST)", "",
-             f"Command: `{result['command']}`; {result['machine']}. Criterion and threshold: "
+             "Produced by `OMP_NUM_THREADS=1 python benchmarks/extraction_control.py` (the trained rows may come "
+             f"from several invocations, each a bench run under `extraction_runs/`; `--report` rebuilds this file); "
+             f"{result['machine']}, on the shared 2-core Xeon. Criterion and threshold: "
              "`genbench/metrics/extraction.py` (k = 10, fpr = 1 % on 1000 validation images).", ""]
     if result.get("planted"):
         lines += [f"## Planted control ({PLANTED_QUERIES} queries each, against the 55 000 training images)", "",
