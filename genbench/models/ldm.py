@@ -49,7 +49,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -66,10 +66,10 @@ from genbench.models.base import LIKELIHOOD_BOUND, GenerativeModel, eval_mode
 from genbench.models.ddpm import image_generators
 from genbench.models.pixel_decoder import (
     DECODERS,
-    PIXEL_VARIANTS,
     SAMPLE_PIXELS,
     DiscretePixelDecoder,
     other_pixel_variant,
+    pixel_variant,
 )
 from genbench.models.schedules import ema_decay_at, ema_update, linear_warmup
 from genbench.nets.autoencoder import SpatialDecoder, SpatialEncoder, latent_size
@@ -512,16 +512,8 @@ class LDM(GenerativeModel):
         """The other pixel sampler: decoder modes beside draws (or draws beside modes), as the VAE's."""
         return other_pixel_variant(self.hparams.sample_pixels)
 
-    @contextlib.contextmanager
-    def sample_variant(self, name: str) -> Iterator[None]:
-        if name not in self.sample_variants():
-            raise KeyError(f"LDM has no sample variant {name!r}; it has {sorted(self.sample_variants())}")
-        main = self.hparams.sample_pixels
-        self.hparams.sample_pixels = PIXEL_VARIANTS[name]
-        try:
-            yield
-        finally:
-            self.hparams.sample_pixels = main
+    def sample_variant(self, name: str) -> contextlib.AbstractContextManager[None]:
+        return pixel_variant(self, name)
 
     @torch.no_grad()
     def _log_likelihood(self, x: torch.Tensor, estimator: str, num_timesteps: int, latent_samples: int) -> torch.Tensor:

@@ -14,6 +14,10 @@ that the models share rather than an ``nn.Module``.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
 import torch
 
 from genbench.data.transforms import to_model_space, to_pixels
@@ -33,6 +37,20 @@ def other_pixel_variant(sample_pixels: str) -> dict[str, str]:
     """The sample variant (name -> description) of the pixel sampler that ``sample_pixels`` does not use."""
     name = "decoder_modes" if sample_pixels == "draw" else "decoder_draws"
     return {name: PIXEL_VARIANT_TEXT[name]}
+
+
+@contextlib.contextmanager
+def pixel_variant(model: Any, name: str) -> Iterator[None]:
+    """``model`` (with a ``sample_pixels`` hyperparameter and ``sample_variants()``) samples its pixels the
+    way the variant ``name`` says inside the block, and as declared again after it."""
+    if name not in model.sample_variants():
+        raise KeyError(f"{type(model).__name__} has no sample variant {name!r}; it has {sorted(model.sample_variants())}")
+    main = model.hparams.sample_pixels
+    model.hparams.sample_pixels = PIXEL_VARIANTS[name]
+    try:
+        yield
+    finally:
+        model.hparams.sample_pixels = main
 
 
 class DiscretePixelDecoder:

@@ -31,7 +31,13 @@ from genbench.data.transforms import to_model_space
 from genbench.distributions import diag_normal_log_prob, normal_kl, standard_normal_log_prob
 from genbench.metrics.likelihood import bpd
 from genbench.models.base import LIKELIHOOD_BOUND, GenerativeModel, eval_mode
-from genbench.models.pixel_decoder import DECODERS, SAMPLE_PIXELS, DiscretePixelDecoder
+from genbench.models.pixel_decoder import (
+    DECODERS,
+    SAMPLE_PIXELS,
+    DiscretePixelDecoder,
+    other_pixel_variant,
+    pixel_variant,
+)
 from genbench.nets.vae import ConvDecoder, ConvEncoder
 
 # Metric names (shared with the harness and the leaderboard).
@@ -229,21 +235,10 @@ class VAE(GenerativeModel):
 
     def sample_variants(self) -> dict[str, str]:
         """The other pixel sampler: decoder modes beside draws (or draws beside modes)."""
-        if self.hparams.sample_pixels == "draw":
-            return {"decoder_modes": "each pixel's most probable level given z (not a sample of the model)"}
-        return {"decoder_draws": "every pixel drawn from p(x|z) (the model's own distribution)"}
+        return other_pixel_variant(self.hparams.sample_pixels)
 
-    @contextlib.contextmanager
-    def sample_variant(self, name: str) -> Iterator[None]:
-        pixels = {"decoder_modes": "mode", "decoder_draws": "draw"}
-        if name not in self.sample_variants():
-            raise KeyError(f"VAE has no sample variant {name!r}; it has {sorted(self.sample_variants())}")
-        main = self.hparams.sample_pixels
-        self.hparams.sample_pixels = pixels[name]
-        try:
-            yield
-        finally:
-            self.hparams.sample_pixels = main
+    def sample_variant(self, name: str) -> contextlib.AbstractContextManager[None]:
+        return pixel_variant(self, name)
 
     def _decoder_name(self) -> str:
         return self.pixel_decoder.name
