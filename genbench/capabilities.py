@@ -11,7 +11,9 @@ DATA_KINDS = (IMAGES, POINTS)
 # model capabilities (declared by genbench.models.base.GenerativeModel.capabilities)
 LIKELIHOOD = "likelihood"  # log_likelihood gives nats per example (exact or a bound)
 SAMPLER_STEPS = "sampler_steps"  # set_sampling_steps changes the number of sampler steps
-CAPABILITIES = (LIKELIHOOD, SAMPLER_STEPS)
+CLASS_CONDITIONAL = "class_conditional"  # sample / log_likelihood take class labels: p(x | y)
+GUIDANCE = "guidance"  # set_guidance_scale changes the classifier-free guidance weight of sample
+CAPABILITIES = (LIKELIHOOD, SAMPLER_STEPS, CLASS_CONDITIONAL, GUIDANCE)
 
 
 def data_kind(is_continuous: bool) -> str:

@@ -10,6 +10,12 @@ The evaluation harness only ever calls what is defined here, so it never branche
   :class:`LikelihoodUnavailable` because the model defines no density;
 * ``family``, ``likelihood_kind`` and :meth:`describe` give the metadata the result record stores.
 
+A class-conditional model (``class_conditional=True``, the ``class_conditional`` capability) also takes int64
+class labels ``[n]``: ``sample(n, generator, labels)`` draws from p(x | y) (uniform labels when ``labels`` is
+None, so its unlabelled samples are comparable with an unconditional model's), and ``log_likelihood(x, labels)``
+scores log p(x | y); without labels it scores the marginal log p(x) = log sum_y p(y) p(x | y) (or the
+family's own estimate of it). An unconditional model rejects labels.
+
 Models log through ``self.log`` only; nothing W&B-specific lives in ``genbench.models``.
 """
 
@@ -25,7 +31,7 @@ from typing import Any, ClassVar
 import lightning as L
 import torch
 
-from genbench.capabilities import LIKELIHOOD, SAMPLER_STEPS
+from genbench.capabilities import CLASS_CONDITIONAL, GUIDANCE, LIKELIHOOD, SAMPLER_STEPS
 from genbench.data.transforms import check_images
 
 LIKELIHOOD_EXACT = "exact"  # the model's own exact log-likelihood of the data it is scored on
@@ -81,12 +87,15 @@ class GenerativeModel(L.LightningModule, abc.ABC):
 
     # ------------------------------------------------------------------ the contract
     @abc.abstractmethod
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``n`` samples as uint8 ``[n, *data_shape]`` (float32 for continuous data), in eval mode."""
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               labels: torch.Tensor | None = None) -> torch.Tensor:
+        """``n`` samples as uint8 ``[n, *data_shape]`` (float32 for continuous data), in eval mode; a
+        class-conditional model draws class ``labels[i]`` for sample i (see the module docstring)."""
 
     @abc.abstractmethod
-    def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
-        """float64 ``[N]``: log P(x) in nats per example (exact or a lower bound, see ``likelihood_kind``)."""
+    def log_likelihood(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """float64 ``[N]``: log P(x) in nats per example (exact or a lower bound, see ``likelihood_kind``);
+        log P(x | labels) for a class-conditional model given labels."""
 
     def likelihood_info(self) -> dict[str, Any]:
         """What ``log_likelihood`` computes: ``kind`` plus family-specific protocol (estimator, k, T...)."""
@@ -108,14 +117,37 @@ class GenerativeModel(L.LightningModule, abc.ABC):
     @property
     def capabilities(self) -> frozenset[str]:
         """What the model declares it can do (:mod:`genbench.capabilities`): ``likelihood``
-        unless ``likelihood_kind`` is ``none``, ``sampler_steps`` with ``adjustable_sampling_steps``. The
+        unless ``likelihood_kind`` is ``none``, ``sampler_steps`` with ``adjustable_sampling_steps``,
+        ``class_conditional`` with :attr:`class_conditional`, ``guidance`` with :attr:`has_guidance`. The
         evaluation suites are chosen from these, never by calling a method to see whether it raises."""
         caps = set()
         if self.likelihood_kind != LIKELIHOOD_NONE:
             caps.add(LIKELIHOOD)
         if self.adjustable_sampling_steps:
             caps.add(SAMPLER_STEPS)
+        if self.class_conditional:
+            caps.add(CLASS_CONDITIONAL)
+        if self.has_guidance:
+            caps.add(GUIDANCE)
         return frozenset(caps)
+
+    @property
+    def class_conditional(self) -> bool:
+        """Whether the model is p(x | y): the ``class_conditional`` init argument of the families that have one."""
+        return bool(getattr(self, "hparams", {}).get("class_conditional", False))
+
+    @property
+    def has_guidance(self) -> bool:
+        """Whether :meth:`set_guidance_scale` changes how :meth:`sample` draws (classifier-free guidance)."""
+        return False
+
+    def set_guidance_scale(self, scale: float) -> None:
+        """Sample with guidance weight ``scale`` from now on (models with :attr:`has_guidance`). Others raise."""
+        raise NotImplementedError(f"{type(self).__name__} has no classifier-free guidance")
+
+    def current_guidance_scale(self) -> float:
+        """The guidance weight :meth:`sample` uses now (1 = the conditional model itself)."""
+        raise NotImplementedError(f"{type(self).__name__} has no classifier-free guidance")
 
     def set_sampling_steps(self, steps: int) -> None:
         """Use ``steps`` sampler steps from now on (iterative samplers only: DDPM). Others raise."""
@@ -163,6 +195,40 @@ class GenerativeModel(L.LightningModule, abc.ABC):
         if not isinstance(n, int) or n < 0:
             raise ValueError(f"n must be a non-negative int, got {n!r}")
 
+    def check_labels(self, labels: torch.Tensor | None, n: int) -> torch.Tensor | None:
+        """``labels`` as int64 ``[n]`` on the model's device, or None; an error names what is wrong (labels
+        for an unconditional model, a shape other than ``[n]``, a class outside ``0..num_classes-1``)."""
+        if labels is None:
+            return None
+        if not self.class_conditional:
+            raise ValueError(f"labels given to an unconditional {type(self).__name__}; train it with "
+                             "class_conditional=true (make bench COND=1) to condition on classes")
+        labels = torch.as_tensor(labels)
+        if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.dtype.is_complex:
+            raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
+        if tuple(labels.shape) != (n,):
+            raise ValueError(f"labels must have shape [{n}], got {list(labels.shape)}")
+        if n and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+            raise ValueError(f"labels must be classes 0..{self.num_classes - 1}, got values in "
+                             f"[{int(labels.min())}, {int(labels.max())}]")
+        return labels.to(device=self.device, dtype=torch.int64)
+
+    def sample_labels(self, n: int, labels: torch.Tensor | None,
+                      generator: torch.Generator | None = None) -> torch.Tensor | None:
+        """The labels ``sample`` conditions on: ``labels`` checked, uniform classes drawn on ``generator`` where
+        a class-conditional model is given none, None for an unconditional model."""
+        labels = self.check_labels(labels, n)
+        if labels is None and self.class_conditional:
+            device = generator.device if generator is not None else self.device
+            labels = torch.randint(0, self.num_classes, (n,), generator=generator, device=device).to(self.device)
+        return labels
+
+    def check_conditional_init(self, class_conditional: bool) -> None:
+        """Reject ``class_conditional=True`` on data without class labels, before anything is built."""
+        if class_conditional and self.num_classes < 2:
+            raise ValueError(f"class_conditional=True needs a dataset with class labels (num_classes >= 2), "
+                             f"got num_classes={self.num_classes}; drop COND=1 / class_conditional for this data")
+
     def randn(self, shape: Sequence[int], generator: torch.Generator | None = None) -> torch.Tensor:
         """Standard-normal noise drawn on ``generator``'s device (so a seed gives the same draws wherever
         the model runs), or on the model's device without one; returned on the model's device."""
@@ -177,6 +243,7 @@ class GenerativeModel(L.LightningModule, abc.ABC):
         return {
             "family": self.family,
             "model": type(self).__name__,
+            "class_conditional": self.class_conditional,
             "params": self.num_parameters(),
             "likelihood": self.likelihood_info(),
             "sampler": self.sampler_info(),
@@ -279,3 +346,14 @@ def set_rng_states(states: dict[str, Any]) -> None:
                              n["cached_gaussian"]))
     if states.get("python") is not None:
         random.setstate(states["python"])
+
+
+def log_mean_exp_over_classes(log_likelihood_given: Callable[[torch.Tensor], torch.Tensor], n: int,
+                              num_classes: int, device: torch.device) -> torch.Tensor:
+    """log (1/K) sum_y exp(l(y)) for ``l = log_likelihood_given(labels)`` evaluated at every class ``y``
+    (labels ``[n]`` all equal to y): the marginal log p(x) under a uniform class prior. Exact where ``l`` is
+    exact (a flow); where ``l`` is a lower bound on log p(x | y) the result is a lower bound on log p(x),
+    because log-sum-exp is increasing in every argument."""
+    per_class = torch.stack([log_likelihood_given(torch.full((n,), y, dtype=torch.int64, device=device))
+                             .to(torch.float64) for y in range(num_classes)])
+    return torch.logsumexp(per_class, dim=0) - math.log(num_classes)

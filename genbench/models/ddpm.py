@@ -19,8 +19,8 @@
   over images covers it.
 * Class-conditional option: a label embedding, labels replaced by the null label with probability
   ``label_dropout`` during training, classifier-free guidance at sampling time
-  (eps = eps_null + guidance_scale (eps_y - eps_null), Ho & Salimans 2021); the likelihood is the
-  unconditional one (null label). Unconditional by default.
+  (eps = eps_null + guidance_scale (eps_y - eps_null), Ho & Salimans 2021); ``log_likelihood(x, labels)``
+  is the bound of p(x | y), without labels the bound of the null-label model p(x). Unconditional by default.
 """
 
 from __future__ import annotations
@@ -162,8 +162,7 @@ class DDPM(GenerativeModel):
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
         if not 0.0 <= label_dropout < 1.0:
             raise ValueError(f"label_dropout must be in [0, 1), got {label_dropout}")
-        if class_conditional and self.num_classes < 1:
-            raise ValueError("class_conditional=True needs a labelled dataset (num_classes >= 1)")
+        self.check_conditional_init(class_conditional)
         if warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
 
@@ -294,16 +293,8 @@ class DDPM(GenerativeModel):
         self.check_sample_count(n)
         if n == 0:
             return torch.zeros((0, *self.data_shape), dtype=torch.uint8)
+        labels = self.sample_labels(n, labels, generator)
         with eval_mode(self):
-            if self.hparams.class_conditional:
-                if labels is None:
-                    gen_device = generator.device if generator is not None else torch.device("cpu")
-                    labels = torch.randint(0, self.num_classes, (n,), generator=generator, device=gen_device)
-                labels = torch.as_tensor(labels, dtype=torch.int64).to(self.device)
-                if labels.shape != (n,) or bool((labels < 0).any()) or bool((labels >= self.num_classes).any()):
-                    raise ValueError(f"labels must be int64 [{n}] in 0..{self.num_classes - 1}")
-            elif labels is not None:
-                raise ValueError("labels given to an unconditional DDPM (class_conditional=False)")
             fn = self._model_fn(self.sampling_net, labels, self.hparams.guidance_scale)
             with torch.autocast(device_type=self.device.type, enabled=False):
                 x = diffusion_sample(self.diffusion, fn, (n, *self.data_shape), generator=generator, device=self.device,
@@ -321,15 +312,17 @@ class DDPM(GenerativeModel):
         return image_generators(x, self.hparams.likelihood_seed)
 
     @torch.no_grad()
-    def _log_likelihood(self, x: torch.Tensor, estimator: str, num_timesteps: int) -> torch.Tensor:
+    def _log_likelihood(self, x: torch.Tensor, estimator: str, num_timesteps: int,
+                        labels: torch.Tensor | None = None) -> torch.Tensor:
         self.check_input(x)
-        if self.hparams.class_conditional and self.hparams.label_dropout == 0:
+        labels = self.check_labels(labels, len(x))
+        if labels is None and self.hparams.class_conditional and self.hparams.label_dropout == 0:
             raise LikelihoodUnavailable("a class-conditional DDPM trained without label dropout has no unconditional p(x)")
         with eval_mode(self):
             with torch.autocast(device_type=self.device.type, enabled=False):
                 x_start = to_model_space(x.to(self.device), self.num_levels, torch.float64)
                 terms = self.diffusion.nll_bound(
-                    self._model_fn(self.sampling_net),
+                    self._model_fn(self.sampling_net, labels),
                     x_start,
                     estimator=estimator,
                     num_sampled=num_timesteps,
@@ -338,9 +331,33 @@ class DDPM(GenerativeModel):
                 )
             return (-terms["total"]).to(torch.float64).to(x.device)
 
-    def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
-        """float64 ``[N]``: minus the variational bound in nats per image (a lower bound on log P(x))."""
-        return self._log_likelihood(x, self.hparams.likelihood_estimator, self.hparams.likelihood_timesteps)
+    def log_likelihood(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """float64 ``[N]``: minus the variational bound in nats per image (a lower bound on log P(x)).
+
+        A class-conditional model scores log p(x | y) with ``labels`` (the label-conditioned network, no
+        guidance: guidance changes the sampler, not the model), and log p(x) without them through the null
+        label the network learned by label dropout: a second model in the same weights, so the difference of
+        the two bounds is not bounded by log K the way an exact marginal would be."""
+        return self._log_likelihood(x, self.hparams.likelihood_estimator, self.hparams.likelihood_timesteps, labels)
+
+    @property
+    def has_guidance(self) -> bool:
+        # guidance needs the null-label network, which only label dropout trains
+        return bool(self.hparams.class_conditional and self.hparams.label_dropout > 0)
+
+    def set_guidance_scale(self, scale: float) -> None:
+        """Sample with classifier-free guidance weight ``scale`` from now on (0 = the null-label model,
+        1 = the conditional model, > 1 = sharpened towards the class)."""
+        if not self.has_guidance:
+            super().set_guidance_scale(scale)
+        if not float(scale) >= 0.0:
+            raise ValueError(f"guidance scale must be >= 0, got {scale}")
+        self.hparams.guidance_scale = float(scale)
+
+    def current_guidance_scale(self) -> float:
+        if not self.has_guidance:
+            return super().current_guidance_scale()
+        return float(self.hparams.guidance_scale)
 
     def likelihood_info(self) -> dict[str, Any]:
         estimator = self.hparams.likelihood_estimator
