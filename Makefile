@@ -9,6 +9,7 @@ MODEL ?= ddpm
 DATA ?= mnist
 PROFILE ?= quick
 SEED ?= 0
+COND ?=
 DEVICES ?= auto
 PRECISION ?=
 BENCH_ARGS ?=
@@ -17,6 +18,7 @@ RESTORE_ARGS ?=
 SWEEP ?= configs/sweeps/families.yaml
 SLURM ?=
 RESTORE_CKPT = runs/$(DATA)/$(PROFILE)/$(MODEL)/seed$(SEED)/checkpoints/last.ckpt
+COND_FLAG = $(if $(filter-out 0,$(COND)),--class-conditional)
 
 export WANDB_SILENT ?= true
 
@@ -25,7 +27,7 @@ export WANDB_SILENT ?= true
 
 help: ## List the targets and the variables they take
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}'
-	@echo "  variables: MODEL=$(MODEL) DATA=$(DATA) PROFILE=$(PROFILE) SEED=$(SEED) DEVICES=$(DEVICES) PRECISION=$(PRECISION)"
+	@echo "  variables: MODEL=$(MODEL) DATA=$(DATA) PROFILE=$(PROFILE) SEED=$(SEED) COND=$(COND) DEVICES=$(DEVICES) PRECISION=$(PRECISION)"
 
 install: $(STAMP) ## Create .venv and install the pinned dependencies (near-instant when nothing changed)
 
@@ -42,10 +44,10 @@ test: install ## Run the test suite (fast; under ~15 minutes on 2 CPU cores)
 test-all: install ## Run every test, the slow ones included
 	WANDB_MODE=offline HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q
 
-bench: install ## Fit + evaluate MODEL on DATA with PROFILE, write the record and refresh the leaderboard
+bench: install ## Fit + evaluate MODEL on DATA with PROFILE (COND=1: the class-conditional variant), write the record and refresh the leaderboard
 	$(if $(filter file,$(origin PROFILE)),@echo "genbench: PROFILE=$(PROFILE) (the default) trains about 10-20 minutes per model on a CPU; for a first try (the whole pipeline in about a minute): make bench MODEL=$(MODEL) PROFILE=smoke")
 	$(PY) -m genbench bench --model $(MODEL) --data $(DATA) --profile $(PROFILE) --seed $(SEED) \
-		--devices $(DEVICES) $(if $(PRECISION),--precision $(PRECISION)) $(BENCH_ARGS)
+		--devices $(DEVICES) $(if $(PRECISION),--precision $(PRECISION)) $(COND_FLAG) $(BENCH_ARGS)
 
 bench-all: install ## Bench every family on DATA/PROFILE/SEED one after another (configs/sweeps/families.yaml)
 	$(PY) -m genbench sweep configs/sweeps/families.yaml --profile $(PROFILE) --data $(DATA) --seeds $(SEED) \

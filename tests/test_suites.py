@@ -12,7 +12,7 @@ from genbench.bench import leaderboard, suites
 from genbench.bench.config import EvalConfig
 from genbench.bench.evaluate import evaluate
 from genbench.bench.suites import SUITES, SuiteConfigError, select
-from genbench.capabilities import IMAGES, LIKELIHOOD, POINTS, SAMPLER_STEPS
+from genbench.capabilities import CAPABILITIES, IMAGES, LIKELIHOOD, POINTS, SAMPLER_STEPS
 from genbench.data.datamodule import GenDataModule
 from genbench.metrics import table as T
 from genbench.models import registry
@@ -59,7 +59,7 @@ def test_every_metric_the_harness_emits_is_declared(digits, tmp_path):
 def test_table_entries_are_consistent():
     assert len({m.curve_key for m in T.curve_metrics()}) == len(T.curve_metrics())
     for m in T.METRICS.values():
-        assert set(m.data_kinds) <= {IMAGES, POINTS} and set(m.capabilities) <= {LIKELIHOOD, SAMPLER_STEPS}
+        assert set(m.data_kinds) <= {IMAGES, POINTS} and set(m.capabilities) <= set(CAPABILITIES)
         if m.leaderboard or m.summary or m.curve_label:
             assert m.lower_is_better is not None, m.key  # a ranked or plotted metric has a direction
     with pytest.raises(KeyError, match="not declared"):

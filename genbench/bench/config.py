@@ -45,6 +45,13 @@ class EvalConfig:
         curve_samples: samples scored at each curve point by the domain metric (and FID with ``curve_fid``).
         curve_likelihood_images: test images (the first ones) scored for bits/dim at each curve point.
         curve_fid: also compute Inception FID at each curve point (minutes per point on a CPU).
+        conditional_samples_per_class: class-conditional models only: samples drawn for each class (labels
+            given, seed ``seed``) and scored by the domain classifier: conditional accuracy, per-class
+            Fréchet distance; 0 skips these (:mod:`genbench.bench.suites.conditional`).
+        guidance_scales: models with classifier-free guidance only: FID, domain FD and conditional accuracy
+            of ``guidance_num_samples`` class-balanced samples at each of these guidance weights
+            (``guidance_sweep``, plotted as the fidelity-against-class-agreement trade-off).
+        guidance_num_samples: samples per guidance weight (a multiple of the number of classes is balanced).
     """
 
     num_samples: int = 1000
@@ -65,6 +72,9 @@ class EvalConfig:
     curve_samples: int = 256
     curve_likelihood_images: int = 256
     curve_fid: bool = False
+    conditional_samples_per_class: int = 100
+    guidance_scales: list[float] = field(default_factory=list)
+    guidance_num_samples: int = 250
 
     def __post_init__(self) -> None:
         if self.num_samples < 0:
@@ -90,6 +100,12 @@ class EvalConfig:
             raise ValueError(f"evaluation.curve_likelihood_images must be >= 1, got {self.curve_likelihood_images}")
         if not 0.0 < self.curve_first_point <= 1.0:
             raise ValueError(f"evaluation.curve_first_point must be in (0, 1], got {self.curve_first_point}")
+        if self.conditional_samples_per_class < 0 or self.guidance_num_samples < 2:
+            raise ValueError("evaluation.conditional_samples_per_class must be >= 0 and guidance_num_samples >= 2, "
+                             f"got {self.conditional_samples_per_class} and {self.guidance_num_samples}")
+        if any(not float(w) >= 0.0 for w in self.guidance_scales):
+            raise ValueError(f"evaluation.guidance_scales must be >= 0 (0 = the unconditional model, 1 = the "
+                             f"conditional one), got {self.guidance_scales}")
         if any(int(k) < 1 for k in self.sampler_steps_sweep):
             raise ValueError(f"evaluation.sampler_steps_sweep needs positive step counts, got {self.sampler_steps_sweep}")
 

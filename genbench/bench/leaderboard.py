@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from genbench import paths
-from genbench.bench import plots
+from genbench.bench import leaderboard_conditional, plots
 from genbench.bench.record import ResultRecord, atomic_write_text, load_records
 from genbench.io import file_lock
 from genbench.metrics import table as T
@@ -345,6 +345,7 @@ def build_tables(results_dir: Path, reference_file: Path) -> list[dict[str, Any]
         t["figures"] = figures(t)
         t["grids"] = grids(t, Path(results_dir), data[dataset])
         t["extraction_figures"] = extraction_figures(t, Path(results_dir))
+        t["conditional"] = leaderboard_conditional.section(recs, Path(results_dir), section_id(t))
         tables.append(t)
     return tables
 
@@ -424,6 +425,8 @@ def render_markdown(tables: list[dict[str, Any]], out_dir: Path | None = None) -
                     "training images, with d1/dk over each.", ""]
             for g, s in extraction:
                 out += [f"**{g['label']}**: {g['caption']}", "", s, ""]
+        if t.get("conditional"):
+            out += leaderboard_conditional.markdown(t["conditional"], link)
         figs = [(f, link(f, f["name"])) for f in t.get("figures", [])]
         if figs:
             out += ["### Plots", ""]
@@ -782,6 +785,8 @@ def _html_section(t: dict[str, Any]) -> str:
     if t.get("extraction_figures"):
         parts.append("<h3>Closest samples to the training set</h3><div class='grids'>"
                      + "".join(_html_grid(g) for g in t["extraction_figures"]) + "</div>")
+    if t.get("conditional"):
+        parts.append(leaderboard_conditional.html_section(t["conditional"], _html_grid))
     figs = t.get("figures", [])
     if figs:
         parts.append("<h3>Plots</h3><div class='figs'>")
@@ -827,7 +832,8 @@ def write_assets(tables: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     assets.mkdir(parents=True, exist_ok=True)
     written = []
     for t in tables:
-        for entry in [*t.get("figures", []), *t.get("grids", [])]:
+        conditional = t.get("conditional") or {}
+        for entry in [*t.get("figures", []), *t.get("grids", []), *conditional.get("figures", [])]:
             if entry.get("path") is not None or entry.get("png") is None:
                 continue
             path = assets / f"{entry['name']}.png"

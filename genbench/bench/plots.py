@@ -32,10 +32,11 @@ def grid_nrow(n: int) -> int:
     return int(math.ceil(math.sqrt(n)))
 
 
-def save_sample_grid(samples: torch.Tensor, path: Path, title: str | None = None, levels: int = 256) -> Path:
+def save_sample_grid(samples: torch.Tensor, path: Path, title: str | None = None, levels: int = 256,
+                     nrow: int | None = None) -> Path:
     """uint8 images -> a pixel-exact PNG grid (one PNG pixel per image pixel, ``GRID_PADDING`` white pixels
     between tiles, via torchvision's ``save_image``); float32 2-D points -> a scatter plot titled ``title``.
-    Written atomically."""
+    ``nrow`` images per row (default: a square grid). Written atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")
@@ -43,7 +44,7 @@ def save_sample_grid(samples: torch.Tensor, path: Path, title: str | None = None
         from torchvision.utils import save_image
 
         # grey levels 0..levels-1 -> [0, 1]; save_image maps back to 0..255 with rounding
-        save_image(samples.float() / (levels - 1), tmp, nrow=grid_nrow(samples.shape[0]), padding=GRID_PADDING,
+        save_image(samples.float() / (levels - 1), tmp, nrow=nrow or grid_nrow(samples.shape[0]), padding=GRID_PADDING,
                    pad_value=1.0)
     else:
         plt = _pyplot()
@@ -178,6 +179,62 @@ def fid_vs_steps_figure(sweeps: dict[str, list[tuple[int, float]]], floor_fid: f
     ax.set_ylabel("FID (lower is better)")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def guidance_figure(sweeps: dict[str, list[dict[str, Any]]], floor_fid: float | None = None) -> Any:
+    """Classifier-free guidance, one line per model: FID and conditional accuracy against the guidance weight,
+    and the trade-off FID against accuracy with each point labelled by its weight. ``sweeps[label]`` holds the
+    ``guidance_sweep`` points (``scale``, ``accuracy``, ``fid`` or ``domain_fd``)."""
+    sweeps = {k: sorted(v, key=lambda p: p["scale"]) for k, v in sweeps.items() if v}
+    if not sweeps:
+        return None
+    fid_key = "fid" if all(p.get("fid") is not None for v in sweeps.values() for p in v) else "domain_fd"
+    fid_label = "FID" if fid_key == "fid" else "FD classifier†"
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(12.0, 3.5))
+    for label, pts in sorted(sweeps.items()):
+        w = [p["scale"] for p in pts]
+        fid = [p.get(fid_key) for p in pts]
+        acc = [p.get("accuracy") for p in pts]
+        axes[0].plot(w, fid, label=label, **MARKER)
+        axes[1].plot(w, acc, label=label, **MARKER)
+        axes[2].plot(acc, fid, label=label, **MARKER)
+        for wi, a, f in zip(w, acc, fid, strict=True):
+            axes[2].annotate(f"w={wi:g}", (a, f), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    if fid_key == "fid" and floor_fid is not None:
+        _reference_line(axes[0], floor_fid, f"real vs real {floor_fid:.1f} (other n)", color="black")
+    axes[0].set(xlabel="guidance weight w (0: p(x), 1: p(x | y))", ylabel=f"{fid_label} (lower is better)")
+    axes[1].set(xlabel="guidance weight w", ylabel="accuracy† (higher is better)", ylim=(0, 1.02))
+    axes[2].set(xlabel="accuracy† (classifier agrees with the requested class)",
+                ylabel=f"{fid_label} (lower is better)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def per_class_figure(values: dict[str, list[float | None]], ylabel: str, chance: float | None = None) -> Any:
+    """Grouped bars: one group per class, one bar per model (``values[label]`` = per-class values)."""
+    values = {k: v for k, v in values.items() if v}
+    if not values:
+        return None
+    plt = _pyplot()
+    k = max(len(v) for v in values.values())
+    width = 0.8 / len(values)
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * k * len(values) ** 0.5 + 2), 3.2))
+    for i, (label, v) in enumerate(sorted(values.items())):
+        xs = [c - 0.4 + width * (i + 0.5) for c in range(len(v))]
+        ax.bar(xs, [0.0 if x is None else x for x in v], width=width, label=label)
+    if chance is not None:
+        _reference_line(ax, chance, f"chance {chance:.2f}", color="0.35")
+    ax.set_xticks(range(k))
+    ax.set_xlabel("requested class")
+    ax.set_ylabel(ylabel)
+    ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig

@@ -1,7 +1,8 @@
 """``python -m genbench bench``: fit -> evaluate -> result record -> leaderboard, for one model.
 
 Configs compose as ``configs/trainer/default.yaml``, ``configs/data/<data>.yaml``,
-``configs/model/<model>.yaml``, ``configs/profile/<profile>/<model>.yaml`` and the profile's shared
+``configs/model/<model>.yaml``, ``configs/profile/<profile>/<model>.yaml``, with ``--class-conditional``
+``configs/conditional/<model>.yaml``, and the profile's shared
 ``configs/profile/<profile>/evaluation.yaml``; anything after ``--`` is passed
 to the LightningCLI parser (e.g. ``-- --trainer.max_steps 100``). Each run lives in
 ``runs/<data>/<profile>/<model>/seed<seed>/`` (checkpoints, resolved config, sample grids, W&B files);
@@ -117,7 +118,14 @@ def resolve_names(model: str, data: str) -> Names:
     return Names(model=name, class_path=class_path, family=family, data=slug, data_spec=data)
 
 
-def config_files(configs_dir: Path, model: str, data: str, profile: str) -> list[Path]:
+def conditional_models(configs_dir: Path) -> list[str]:
+    """The models with a class-conditional variant (``configs/conditional/<model>.yaml``)."""
+    d = configs_dir / "conditional"
+    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+
+
+def config_files(configs_dir: Path, model: str, data: str, profile: str,
+                 class_conditional: bool = False) -> list[Path]:
     """The YAML files of a run, in composition order; raises BenchError listing valid values.
 
     A model given by class path composes ``profile/<profile>/custom.yaml`` (budget and protocol, no model
@@ -133,6 +141,15 @@ def config_files(configs_dir: Path, model: str, data: str, profile: str) -> list
     if names.class_path is None:
         files.append(configs_dir / "model" / f"{model}.yaml")
     files.append(configs_dir / "profile" / profile / f"{model_key}.yaml")
+    if class_conditional:
+        if names.class_path is not None or model not in conditional_models(configs_dir):
+            raise BenchError(f"MODEL {model!r} has no class-conditional variant (configs/conditional/{model}.yaml); "
+                             f"COND=1 works with: {', '.join(conditional_models(configs_dir))}. A model of your own "
+                             "takes -- --model.init_args.class_conditional=true instead")
+        if not dataset_spec(data).num_classes or dataset_spec(data).num_classes < 2:
+            raise BenchError(f"DATA {data!r} has no class labels, so there is nothing to condition on; "
+                             "COND=1 needs a labelled dataset such as mnist or fashion_mnist")
+        files.append(configs_dir / "conditional" / f"{model}.yaml")
     files += shared_profile_files(configs_dir, profile)
     for f in files:
         if not f.is_file():
@@ -219,6 +236,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--run-name", default=None,
                    help="a variant's name: the run is filed as <data>-<profile>-<model>-<run-name>-seed<seed> "
                         "(e.g. for the same model with other -- overrides)")
+    p.add_argument("--class-conditional", action="store_true",
+                   help="train and score the class-conditional variant p(x | y) (configs/conditional/<model>.yaml); "
+                        f"the run is filed as <data>-<profile>-<model>-{CONDITIONAL_RUN_NAME}-seed<seed>")
     p.add_argument("--profile", default="quick", help="smoke | quick | paper (default quick)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--devices", default="auto", help="trainer devices (e.g. 1, 2, auto)")
@@ -259,11 +279,13 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 RUN_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+CONDITIONAL_RUN_NAME = "cond"  # the run-name part of a class-conditional variant's run id
 
 
 def run_identity(names: Names, args: argparse.Namespace) -> tuple[str, Path]:
     """The run id and run directory of a bench invocation (before any eval-only renaming)."""
-    model_dir = names.model if args.run_name is None else f"{names.model}-{args.run_name}"
+    parts = [names.model, CONDITIONAL_RUN_NAME if getattr(args, "class_conditional", False) else None, args.run_name]
+    model_dir = "-".join(p for p in parts if p)
     run_id = f"{names.data}-{args.profile}-{model_dir}-seed{args.seed}"
     return run_id, args.runs_dir / names.data / args.profile / model_dir / f"seed{args.seed}"
 
@@ -284,7 +306,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> Path | None:
         apply_checkpoint_identity(args)
     if _launch_rank() != 0:
         return _run(args, extra)
-    config_files(args.configs_dir, args.model, args.data, args.profile)  # bad names fail before any directory is made
+    config_files(args.configs_dir, args.model, args.data, args.profile, args.class_conditional)  # bad names fail first
     names = resolve_names(args.model, args.data)
     if external.is_external(args.data):
         print("genbench: data " + external.describe_inferred(external.load_external(args.data)))
@@ -356,7 +378,7 @@ class BenchSession:
 
 def plan_run(args: argparse.Namespace, extra: list[str]) -> RunPlan:
     """Stage 1: config files, identity and directories (created and checked writable)."""
-    files = config_files(args.configs_dir, args.model, args.data, args.profile)
+    files = config_files(args.configs_dir, args.model, args.data, args.profile, args.class_conditional)
     names = resolve_names(args.model, args.data)
     try:
         cadence = parse_checkpoint_every(args.checkpoint_every)
@@ -408,6 +430,8 @@ def apply_checkpoint_identity(args: argparse.Namespace) -> None:
             raise BenchError(f"--model {args.model} does not match the checkpoint's model {saved['class_path']}; "
                              "drop --model (the checkpoint names its model)")
         args.checkpoint_model = {"class_path": saved["class_path"], "init_args": saved["init_args"]}
+        if saved["init_args"].get("class_conditional") and own in registry.model_names():
+            args.class_conditional = True  # scored with the conditional protocol (guidance sweep, ...) it was run with
     if args.data is None:
         args.data = saved["data"].get("dataset") or DEFAULT_DATA
     if args.model is None:
@@ -560,9 +584,10 @@ def write_result(plan: RunPlan, bench: BenchSession, metrics: dict[str, Any], ck
     grid_path = plan.results_dir / "samples" / f"{plan.run_id}.png"
     samples = model.sample(64, generator=torch.Generator().manual_seed(args.seed))
     save_sample_grid(samples, grid_path, title=plan.run_id, levels=max(model.num_levels, 2))
+    class_grid = save_class_grid(model, plan.results_dir / "class_grids" / f"{plan.run_id}.png", args.seed)
     throughput = bench.throughput
     record = ResultRecord(
-        run_id=plan.run_id, model=plan.names.model, family=plan.family, dataset=plan.names.data, profile=args.profile,
+        run_id=plan.run_id, model=record_model_name(plan), family=plan.family, dataset=plan.names.data, profile=args.profile,
         seed=args.seed, metrics=metrics, params=model.num_parameters(),
         train={"wall_time_s": throughput.train_seconds, "images": throughput.images,
                "images_per_s": throughput.images_per_s, "fit_wall_s_this_invocation": fit_wall_s,
@@ -580,6 +605,7 @@ def write_result(plan: RunPlan, bench: BenchSession, metrics: dict[str, Any], ck
         artifacts={"sample_grid": os.path.relpath(grid_path, plan.results_dir),
                    **({"extraction_figure": os.path.relpath(extraction_figure_path(plan), plan.results_dir)}
                       if EXTRACTION_RATE in metrics and extraction_figure_path(plan).is_file() else {}),
+                   **({"class_grid": os.path.relpath(class_grid, plan.results_dir)} if class_grid else {}),
                    "run_dir": paths.relative_to_root(plan.run_dir, args.output_root)},
     )
     record.train.update(bench.provenance.record_fields())
@@ -588,13 +614,32 @@ def write_result(plan: RunPlan, bench: BenchSession, metrics: dict[str, Any], ck
     return record, path, grid_path
 
 
+def record_model_name(plan: RunPlan) -> str:
+    """The model's name in the record and on the leaderboard: ``<model>-cond`` for a class-conditional variant,
+    so that its row stands beside (never merges with) the unconditional model's."""
+    cond = getattr(plan.args, "class_conditional", False)
+    return f"{plan.names.model}-{CONDITIONAL_RUN_NAME}" if cond else plan.names.model
+
+
+CLASS_GRID_COLUMNS = 10  # samples per class (one row per class) in the class-conditional grid
+
+
+def save_class_grid(model: Any, path: Path, seed: int) -> Path | None:
+    """A class-conditional model's samples, one row per class (``CLASS_GRID_COLUMNS`` each); None for others."""
+    if not model.class_conditional or model.is_continuous:
+        return None
+    labels = torch.arange(model.num_classes).repeat_interleave(CLASS_GRID_COLUMNS)
+    samples = model.sample(len(labels), generator=torch.Generator().manual_seed(seed), labels=labels)
+    return save_sample_grid(samples, path, levels=max(model.num_levels, 2), nrow=CLASS_GRID_COLUMNS)
+
+
 def publish(plan: RunPlan, bench: BenchSession, record: ResultRecord, grid_path: Path) -> dict[str, Any]:
     """Stage 6 (rank 0): W&B summary (and checkpoint artifact) and the leaderboard (not for an eval-only
     record). Returns where the leaderboard pages and the W&B run are (for the console summary)."""
     args, logger = plan.args, bench.logger
     locations: dict[str, Any] = {}
     if logger:
-        log_final(logger, record, grid_path)
+        log_final(logger, record, grid_path, plan.results_dir)
         if args.wandb_log_model and not plan.eval_only:
             log_checkpoint(logger, plan.last_ckpt, record)
     if not args.no_leaderboard and not plan.eval_only:

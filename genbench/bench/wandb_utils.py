@@ -98,9 +98,30 @@ def _log_class_histograms(run: Any, record: ResultRecord) -> None:
                                                     title=f"predicted classes of {m.get('n_reference')} real images")})
 
 
-def log_final(logger: WandbLogger, record: ResultRecord, grid_path: Path) -> None:
+def _log_conditional(run: Any, record: ResultRecord, results_dir: Path | None) -> None:
+    """A class-conditional run: its per-class sample grid (one row per class) and the guidance sweep."""
+    import wandb
+
+    grid = record.artifacts.get("class_grid")
+    if grid and results_dir is not None and (Path(results_dir) / grid).is_file():
+        run.log({"final/samples_per_class": wandb.Image(str(Path(results_dir) / grid),
+                                                        caption=f"{record.run_id}: one row per class, 0 at the top")})
+    sweep = [p for p in record.metrics.get(T.GUIDANCE_SWEEP) or [] if isinstance(p, dict)]
+    if sweep:
+        columns = ["scale", "accuracy", T.DOMAIN_FD, *([T.FID] if any(p.get(T.FID) is not None for p in sweep) else [])]
+        table = wandb.Table(columns=columns, data=[[p.get(c) for c in columns] for p in sweep])
+        charts = {f"guidance/{c}": wandb.plot.line(table, "scale", c, title=f"{c} against guidance weight")
+                  for c in columns[1:]}
+        if T.FID in columns:
+            charts["guidance/fid_vs_accuracy"] = wandb.plot.scatter(table, "accuracy", T.FID,
+                                                                    title="FID against class accuracy (guidance)")
+        run.log(charts)
+
+
+def log_final(logger: WandbLogger, record: ResultRecord, grid_path: Path, results_dir: Path | None = None) -> None:
     """Final metrics into the run summary, the final sample grid as an image, and the structured results
-    (quality-vs-compute curve, sampler sweep, class histograms) as line and bar charts."""
+    (quality-vs-compute curve, sampler sweep, class histograms; for a class-conditional run the per-class grid
+    and the guidance sweep) as images, line and bar charts."""
     import wandb
 
     run = logger.experiment
@@ -113,6 +134,7 @@ def log_final(logger: WandbLogger, record: ResultRecord, grid_path: Path) -> Non
     _log_quality_vs_compute(run, record)
     _log_sampler_sweep(run, record)
     _log_class_histograms(run, record)
+    _log_conditional(run, record, results_dir)
 
 
 def log_leaderboard(logger: WandbLogger, results_dir: Path, dataset: str, profile: str) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from genbench.capabilities import DATA_KINDS, IMAGES, LIKELIHOOD, POINTS, SAMPLER_STEPS
+from genbench.capabilities import CLASS_CONDITIONAL, DATA_KINDS, GUIDANCE, IMAGES, LIKELIHOOD, POINTS, SAMPLER_STEPS
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,7 @@ class Metric:
     memorization report, a sweep). ``data_kinds``/``capabilities``: what the metric needs to be computed
     (a model lacking the capability records ``{"available": False}`` where the harness reports it at all).
     ``leaderboard``/``summary``: a column of the leaderboard / a field of the console summary line;
+    ``conditional``: a column of the leaderboard's class-conditional section;
     ``curve_key``: the metric's key in the quality-vs-compute curve points (None: not on the curve);
     ``curve_label``: its panel title in the curve figures (None: logged, not plotted).
     """
@@ -39,6 +40,7 @@ class Metric:
     curve_key: str | None = None
     curve_label: str | None = None
     is_prefix: bool = False  # ``key`` is a family prefix: ``<key><name>`` (e.g. ``bpd_elbo``)
+    conditional: bool = False
 
     def fmt(self, value: float) -> str:
         return f"{value:.{self.digits}f}"
@@ -99,6 +101,22 @@ SAMPLING = _declare(Metric("sampling", "images/s", "sample img/s", digits=1))
 FID_VS_STEPS = _declare(Metric(  # [{"steps", "fid", "n"}] for iterative samplers
     "fid_vs_steps", "", "FID against sampler steps", data_kinds=(IMAGES,), capabilities=(SAMPLER_STEPS,)))
 
+# class-conditional models (genbench.bench.suites.conditional)
+BPD_CONDITIONAL = _declare(Metric(  # -log2 p(x | y) / D of the bits/dim test images, with their own labels
+    "bpd_conditional", "bits/dim", "bits/dim | y", lower_is_better=True, digits=3, data_kinds=(IMAGES,),
+    capabilities=(LIKELIHOOD, CLASS_CONDITIONAL), conditional=True))
+LABEL_INFORMATION = _declare(Metric(  # bpd - bpd_conditional per image: at most log2(K) / D for an exact marginal
+    "label_information", "bits/dim", "bits/dim the label saves", digits=4, data_kinds=(IMAGES,),
+    capabilities=(LIKELIHOOD, CLASS_CONDITIONAL), conditional=True))
+CONDITIONAL_ACCURACY = _declare(Metric(  # the domain classifier's agreement with the requested class
+    "conditional_accuracy", "fraction", "accuracy†", lower_is_better=False, digits=3, data_kinds=(IMAGES,),
+    capabilities=(CLASS_CONDITIONAL,), conditional=True))
+CLASS_FD = _declare(Metric(  # mean over classes of the domain FD between class-c samples and class-c test images
+    "class_fd", "", "per-class FD†", lower_is_better=True, digits=1, data_kinds=(IMAGES,),
+    capabilities=(CLASS_CONDITIONAL,), conditional=True))
+GUIDANCE_SWEEP = _declare(Metric(  # [{"scale", "fid", "domain_fd", "accuracy", "n"}]
+    "guidance_sweep", "", "FID and accuracy against guidance weight", data_kinds=(IMAGES,), capabilities=(GUIDANCE,)))
+
 
 def variant(prefix: str, name: str) -> str:
     """Metric key of a likelihood variant, e.g. ``bpd_elbo``."""
@@ -132,6 +150,11 @@ def lookup(key: str) -> Metric:
 
 def leaderboard_metrics() -> list[Metric]:
     return [m for m in METRICS.values() if m.leaderboard]
+
+
+def conditional_metrics() -> list[Metric]:
+    """Columns of the leaderboard's class-conditional section (beside bits/dim, FID and class TV)."""
+    return [m for m in METRICS.values() if m.conditional]
 
 
 def summary_metrics() -> list[Metric]:

@@ -12,6 +12,7 @@ from typing import Any
 
 from genbench.bench.config import EvalConfig
 from genbench.bench.suites.base import Suite, SuiteConfigError
+from genbench.bench.suites.conditional import ConditionalLikelihoodSuite, ConditionalSamplesSuite, GuidanceSweepSuite
 from genbench.bench.suites.domain import DomainSuite
 from genbench.bench.suites.extraction import ExtractionSuite
 from genbench.bench.suites.inception_quality import InceptionQualitySuite
@@ -23,10 +24,12 @@ from genbench.bench.suites.sampling import SamplingSuite
 from genbench.bench.suites.toy2d_modes import Toy2DModesSuite
 from genbench.capabilities import data_kind
 
-# Run order: likelihoods (every rank), then the shared samples (every rank), then the suites that read them
-# (rank 0), then the sweep and the sample variants (every rank: they draw their own samples).
+# Run order: likelihoods (every rank; the conditional one pairs with bpd), then the shared samples (every
+# rank), then the suites that read them (rank 0), then the sweeps, the sample variants and the class-conditional
+# samples (every rank: they draw their own samples).
 SUITES: tuple[Suite, ...] = (
     BitsPerDimSuite(),
+    ConditionalLikelihoodSuite(),
     NatsSuite(),
     SamplingSuite(),
     DomainSuite(),
@@ -36,6 +39,8 @@ SUITES: tuple[Suite, ...] = (
     ExtractionSuite(),
     SamplerSweepSuite(),
     SampleVariantsSuite(),
+    ConditionalSamplesSuite(),
+    GuidanceSweepSuite(),
 )
 
 
@@ -47,7 +52,7 @@ def select(model: Any, cfg: EvalConfig, suites: tuple[Suite, ...] = SUITES) -> l
     caps = set(model.capabilities)
     chosen = []
     for suite in suites:
-        if kind not in suite.data_kinds or not suite.requested(cfg):
+        if kind not in suite.data_kinds or not suite.applies_to(model) or not suite.requested(cfg):
             continue
         missing = set(suite.capabilities) - caps
         if not missing:

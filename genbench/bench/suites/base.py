@@ -29,6 +29,11 @@ class Suite:
     on_missing_capability: ClassVar[str] = "skip"
     per_rank: ClassVar[bool] = False
 
+    def applies_to(self, model: Any) -> bool:
+        """Whether the suite concerns this kind of model at all (e.g. only class-conditional ones); a suite
+        that does not apply is skipped silently, whatever its ``on_missing_capability``."""
+        return True
+
     def requested(self, cfg: EvalConfig) -> bool:
         """Whether the protocol asks for this suite's metrics."""
         return True

@@ -80,17 +80,26 @@ def check_samples(x: Any, n: int, model: Any) -> torch.Tensor:
     return x.cpu()
 
 
-def draw_samples(model: Any, cfg: EvalConfig, n_total: int, ranks: Ranks, progress: bool
-                  ) -> tuple[torch.Tensor, dict[str, Any]]:
-    local_n = ranks.shares(n_total)[ranks.rank]
+def draw_samples(model: Any, cfg: EvalConfig, n_total: int, ranks: Ranks, progress: bool,
+                 labels: torch.Tensor | None = None, desc: str = "sampling") -> tuple[torch.Tensor, dict[str, Any]]:
+    """``n_total`` samples over the ranks (the protocol in :mod:`genbench.bench.evaluate`); with ``labels``
+    (int64 ``[n_total]``, class-conditional models) sample i is drawn for class ``labels[i]``, each rank
+    drawing the labels of its own contiguous share."""
+    shares = ranks.shares(n_total)
+    local_n = shares[ranks.rank]
+    first = sum(shares[: ranks.rank])
     generator = torch.Generator(device=model.device).manual_seed(cfg.seed + ranks.rank)
     batches = []
     start = time.perf_counter()
-    with tqdm(total=local_n, desc="sampling", unit="img", disable=not (progress and ranks.is_zero)) as bar:
+    with tqdm(total=local_n, desc=desc, unit="img", disable=not (progress and ranks.is_zero)) as bar:
         done = 0
         while done < local_n:
             b = min(cfg.sample_batch_size, local_n - done)
-            batches.append(check_samples(model.sample(b, generator=generator), b, model))
+            if labels is None:
+                x = model.sample(b, generator=generator)
+            else:
+                x = model.sample(b, generator=generator, labels=labels[first + done: first + done + b])
+            batches.append(check_samples(x, b, model))
             done += b
             bar.update(b)
     elapsed = time.perf_counter() - start
@@ -110,6 +119,11 @@ def draw_samples(model: Any, cfg: EvalConfig, n_total: int, ranks: Ranks, progre
         **model.sampler_info(),
     }
     return samples, info
+
+
+def balanced_labels(num_classes: int, per_class: int) -> torch.Tensor:
+    """int64 ``[num_classes * per_class]``: ``per_class`` of each class, class-major (0, 0, ..., 1, 1, ...)."""
+    return torch.arange(num_classes, dtype=torch.int64).repeat_interleave(per_class)
 
 
 def floor_subset(datamodule: Any, cfg: EvalConfig, n: int) -> tuple[int, torch.Tensor]:
@@ -135,6 +149,9 @@ class EvalContext:
     extraction_figure: Path | None = None  # where the extraction suite saves its flagged-sample figure
     samples: torch.Tensor | None = None  # drawn by the sampling suite (rank 0 holds all of them)
     num_samples_to_draw: int = 0  # the most samples any selected suite needs
+    # per-image log-likelihoods (nats, gathered in test order) by metric key, for suites that pair with them
+    log_likelihoods: dict[str, torch.Tensor] = field(default_factory=dict)
+    _domain: Any | None = field(default=None, repr=False)
     _extractor: Any | None = field(default=None, repr=False)
     _real: dict[tuple[str, int, int], torch.Tensor] = field(default_factory=dict, repr=False)
 
@@ -149,6 +166,15 @@ class EvalContext:
             self._extractor = self.feature_extractor or fidelity.InceptionExtractor(self.inception_weights,
                                                                                     device=self.model.device)
         return self._extractor
+
+    def domain_extractor(self) -> Any:
+        """The dataset's domain classifier (:class:`genbench.metrics.domain.DomainExtractor`), built once."""
+        if self._domain is None:
+            from genbench.metrics.domain import DomainExtractor
+
+            cache = None if self.cache_dir is None else str(Path(self.cache_dir) / "domain")
+            self._domain = DomainExtractor(self.datamodule, cache_dir=cache)
+        return self._domain
 
     def real_features(self, split: str, start: int, images: torch.Tensor) -> torch.Tensor:
         """Inception features of ``split[start:start + len(images)]``, extracted once per evaluation (and

@@ -3,7 +3,6 @@ samples in a small classifier's features (:mod:`genbench.metrics.domain`; never 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from genbench.bench.config import EvalConfig
@@ -11,7 +10,7 @@ from genbench.bench.suites.base import Suite
 from genbench.bench.suites.context import EvalContext, floor_subset, unavailable
 from genbench.capabilities import IMAGES
 from genbench.metrics import table as T
-from genbench.metrics.domain import DomainExtractor, domain_metrics
+from genbench.metrics.domain import domain_metrics
 
 
 class DomainSuite(Suite):
@@ -28,8 +27,7 @@ class DomainSuite(Suite):
         dm, cfg = ctx.datamodule, ctx.cfg
         if dm.num_classes < 2:
             return {T.DOMAIN_FD: unavailable(f"{dm.dataset} has no class labels to train a domain classifier")}
-        domain_cache = None if ctx.cache_dir is None else str(Path(ctx.cache_dir) / "domain")
-        extractor = DomainExtractor(dm, cache_dir=domain_cache)
+        extractor = ctx.domain_extractor()
         samples = ctx.samples[: cfg.num_samples]
         n = len(samples)
         ref = dm.split(cfg.reference_split)[0][:n]

@@ -24,8 +24,8 @@ from genbench.metrics.likelihood import bpd, mean_and_stderr
 from genbench.models.base import LikelihoodUnavailable
 
 
-def _score(fn: Any, x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    ll = fn(x.to(device))
+def _score(fn: Any, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> torch.Tensor:
+    ll = fn(x.to(device), y.to(device))
     if not isinstance(ll, torch.Tensor) or ll.shape != (len(x),):
         raise ValueError(f"log-likelihood must be a tensor of shape [{len(x)}], got {getattr(ll, 'shape', ll)}")
     return ll.detach().to(torch.float64).cpu()
@@ -46,6 +46,13 @@ class _LikelihoodSuite(Suite):
     def variant_key(self, name: str) -> str:
         raise NotImplementedError
 
+    def functions(self, model: Any) -> dict[str | None, Any]:
+        """What is scored, by variant name (None: the main estimate): callables of (x, labels)."""
+        fns: dict[str | None, Any] = {None: lambda x, y: model.log_likelihood(x)}
+        for name, fn in dict(model.likelihood_variants()).items():
+            fns[name] = lambda x, y, fn=fn: fn(x)
+        return fns
+
     def run(self, ctx: EvalContext) -> dict[str, Any]:
         with torch.no_grad():
             return self._run(ctx)
@@ -53,11 +60,11 @@ class _LikelihoodSuite(Suite):
     def _run(self, ctx: EvalContext) -> dict[str, Any]:
         model, cfg, ranks = ctx.model, ctx.cfg, ctx.ranks
         split = cfg.likelihood_split
-        split_x = ctx.datamodule.split(split)[0]
+        split_x, split_y = ctx.datamodule.split(split)
         m = len(split_x) if cfg.likelihood_subset is None else min(cfg.likelihood_subset, len(split_x))
         bsz = cfg.likelihood_batch_size
         chunks = [(i, s) for i, s in enumerate(range(0, m, bsz)) if i % ranks.world == ranks.rank]
-        fns = {None: model.log_likelihood, **dict(model.likelihood_variants())}
+        fns = self.functions(model)
         nll: dict[Any, list[torch.Tensor]] = {k: [] for k in fns}
         reason = ""
         local_n = sum(min(s + bsz, m) - s for _, s in chunks)
@@ -65,11 +72,11 @@ class _LikelihoodSuite(Suite):
         with tqdm(total=local_n, desc="likelihood", unit="img", disable=not (ctx.progress and ranks.is_zero)) as bar:
             try:
                 for i, s in chunks:
-                    x = split_x[s: min(s + bsz, m)]
+                    x, y = split_x[s: min(s + bsz, m)], split_y[s: min(s + bsz, m)]
                     with torch.random.fork_rng(devices=fork_devices):
                         torch.manual_seed(cfg.seed * 1_000_003 + i)
                         for key, fn in fns.items():
-                            nll[key].append(-_score(fn, x, model.device))
+                            nll[key].append(-_score(fn, x, y, model.device))
                     bar.update(len(x))
             except LikelihoodUnavailable as e:  # declared, yet unavailable at run time (e.g. on one rank)
                 reason = str(e) or f"{type(model).__name__} defines no likelihood"
@@ -90,6 +97,7 @@ class _LikelihoodSuite(Suite):
             entry["n_nonfinite"] = int((~torch.isfinite(values)).sum())
             if key is None:
                 entry.update(info)
+                ctx.log_likelihoods[self.main_key] = -values
             else:
                 entry.update({"kind": info.get("kind", model.likelihood_kind), "variant": key,
                               **model.likelihood_variant_info(key)})
