@@ -20,8 +20,8 @@ Sampling uses an exponential moving average of G's weights (its BatchNorm statis
 eval mode. A GAN defines no density: :meth:`GAN.log_likelihood` raises ``LikelihoodUnavailable``.
 
 Class-conditional option (``class_conditional=True``; unconditional by default): G(z, y) with conditional
-BatchNorm (a per-class gain and bias after every BatchNorm; de Vries et al. 2017) and a projection
-discriminator ``s(x, y) = psi(phi(x)) + <embed(y), phi(x)>`` (Miyato & Koyama 2018), see
+BatchNorm (a per-class gain and bias after every BatchNorm; de Vries et al. 2017; the 2-D MLP generator,
+which has no BatchNorm, reads a one-hot label beside ``z``) and a projection discriminator ``s(x, y) = psi(phi(x)) + <embed(y), phi(x)>`` (Miyato & Koyama 2018), see
 :mod:`genbench.nets.dcgan`. D scores real images with their own labels and fakes with the uniform random
 labels G was given; G's step draws fresh labels the same way. :meth:`GAN.sample` draws uniform labels
 unless given some, so its unlabelled samples are comparable with an unconditional GAN's. The WGAN-GP
@@ -330,14 +330,19 @@ class GAN(GenerativeModel):
             "eval_mode": True,
             "batchnorm": "running statistics (eval mode)" if len(self.data_shape) == 3 else "none",
             "truncation": "none",
-            "conditioning": ("conditional BatchNorm G, projection D; labels uniform unless given"
-                             if self.class_conditional else "none"),
+            "conditioning": self._conditioning(),
             "latent_dim": self.latent_dim,
             "loss": self.loss_name,
             "discriminator_params": sum(p.numel() for p in self.discriminator.parameters()),
             "generator_steps": int(self.num_g_steps),
             "network_evaluations": 1,
         }
+
+    def _conditioning(self) -> str:
+        if not self.class_conditional:
+            return "none"
+        g = "conditional BatchNorm G" if len(self.data_shape) == 3 else "one-hot label input to G"
+        return f"{g}, projection D; labels uniform unless given"
 
     def num_parameters(self) -> int:
         """Parameters of the generator, the network that is sampled (the discriminator is in ``sampler_info``)."""
