@@ -19,6 +19,15 @@ parameters, DDP must be told that parameters may go unused; :meth:`GAN.setup` sw
 Sampling uses an exponential moving average of G's weights (its BatchNorm statistics copied from G) in
 eval mode. A GAN defines no density: :meth:`GAN.log_likelihood` raises ``LikelihoodUnavailable``.
 
+Class-conditional option (``class_conditional=True``; unconditional by default): G(z, y) with conditional
+BatchNorm (a per-class gain and bias after every BatchNorm; de Vries et al. 2017; the 2-D MLP generator,
+which has no BatchNorm, reads a one-hot label beside ``z``) and a projection discriminator ``s(x, y) = psi(phi(x)) + <embed(y), phi(x)>`` (Miyato & Koyama 2018), see
+:mod:`genbench.nets.dcgan`. D scores real images with their own labels and fakes with the uniform random
+labels G was given; G's step draws fresh labels the same way. :meth:`GAN.sample` draws uniform labels
+unless given some, so its unlabelled samples are comparable with an unconditional GAN's. The WGAN-GP
+penalty is taken on ``x -> s(x, y_real)`` at the interpolates: the 1-Lipschitz constraint holds for every
+class, so any label is a valid place to enforce it.
+
 Note on step counts: Lightning's ``trainer.global_step`` counts optimizer steps, so one training batch
 advances it by 2 (by ``1 + 1/n_critic`` on average with ``n_critic > 1``). ``max_steps`` is in those units.
 """
@@ -26,6 +35,7 @@ advances it by 2 (by ``1 + 1/n_critic`` on average with ``n_critic > 1``). ``max
 from __future__ import annotations
 
 import copy
+from functools import partial
 from typing import Any
 
 import torch
@@ -106,6 +116,8 @@ class GAN(GenerativeModel):
             ``min(decay, (1 + k) / (10 + k))`` after ``k`` generator steps); 0 samples from G itself.
         grad_clip_norm: clip each player's gradient norm to this value (``None``: no clipping). Use this,
             not ``trainer.gradient_clip_val``, which Lightning forbids with manual optimisation.
+        class_conditional: learn p(x | y): conditional BatchNorm in G (one-hot label input for the 2-D MLP
+            generator), a projection discriminator; needs a labelled dataset (``num_classes >= 2``).
     """
 
     family = "gan"
@@ -132,9 +144,11 @@ class GAN(GenerativeModel):
         n_critic: int = 1,
         ema_decay: float = 0.999,
         grad_clip_norm: float | None = None,
+        class_conditional: bool = False,
     ) -> None:
         super().__init__(data_shape, num_levels, num_classes)
         self.save_hyperparameters()
+        self.check_conditional_init(class_conditional)
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         if d_norm not in D_NORMS:
@@ -152,16 +166,18 @@ class GAN(GenerativeModel):
         self.automatic_optimization = False
         self.loss_name = loss
         self.latent_dim = latent_dim
+        classes = self.num_classes if class_conditional else 0  # 0: the nets take no labels
         if len(self.data_shape) == 1:
             if not self.is_continuous:
                 raise ValueError(f"1-D data_shape {self.data_shape} is only supported for continuous points (num_levels=0)")
-            self.generator: nn.Module = MLPGenerator(self.data_shape[0], latent_dim, mlp_hidden, mlp_layers)
-            self.discriminator: nn.Module = MLPDiscriminator(self.data_shape[0], mlp_hidden, mlp_layers, spectral_norm)
+            self.generator: nn.Module = MLPGenerator(self.data_shape[0], latent_dim, mlp_hidden, mlp_layers, classes)
+            self.discriminator: nn.Module = MLPDiscriminator(self.data_shape[0], mlp_hidden, mlp_layers, spectral_norm,
+                                                             classes)
         else:
             if self.is_continuous:
                 raise ValueError("image data_shape needs discrete pixels (num_levels >= 2)")
-            self.generator = DCGANGenerator(self.data_shape, latent_dim, g_channels)
-            self.discriminator = DCGANDiscriminator(self.data_shape, d_channels, d_norm, spectral_norm)
+            self.generator = DCGANGenerator(self.data_shape, latent_dim, g_channels, classes)
+            self.discriminator = DCGANDiscriminator(self.data_shape, d_channels, d_norm, spectral_norm, classes)
         self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
         self.register_buffer("num_d_steps", torch.zeros((), dtype=torch.int64))
         self.register_buffer("num_g_steps", torch.zeros((), dtype=torch.int64))
@@ -177,6 +193,10 @@ class GAN(GenerativeModel):
 
     def sample_z(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.randn((n, self.latent_dim), generator)
+
+    def real_labels(self, y: torch.Tensor) -> torch.Tensor | None:
+        """The batch's labels as the players take them: int64 on the model's device, None if unconditional."""
+        return y.to(self.device, torch.int64) if self.class_conditional else None
 
     # ------------------------------------------------------------------ Lightning
     def setup(self, stage: str) -> None:
@@ -195,11 +215,13 @@ class GAN(GenerativeModel):
         opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=hp.lr_d, betas=(hp.beta1, hp.beta2))
         return [opt_g, opt_d]
 
-    def _scores(self, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _scores(self, real: torch.Tensor, fake: torch.Tensor, y_real: torch.Tensor | None = None,
+                y_fake: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if self.hparams.d_norm == "batch" and len(self.data_shape) == 3:
             # DCGAN: real and fake batches are normalised separately
-            return self.discriminator(real), self.discriminator(fake)
-        s = self.discriminator(torch.cat([real, fake]))
+            return self.discriminator(real, y_real), self.discriminator(fake, y_fake)
+        labels = None if y_real is None else torch.cat([y_real, y_fake])
+        s = self.discriminator(torch.cat([real, fake]), labels)
         return s[: real.shape[0]], s[real.shape[0] :]
 
     def _step_player(self, opt, loss: torch.Tensor) -> None:
@@ -210,19 +232,22 @@ class GAN(GenerativeModel):
         opt.step()
 
     def training_step(self, batch, batch_idx: int) -> None:
-        x, _ = batch
+        x, y = batch
         real = self.to_model(x)
+        y_real = self.real_labels(y)
         n = real.shape[0]
         opt_g, opt_d = self.optimizers()
 
         # ---- discriminator / critic
         with self.toggled_optimizer(opt_d):
             with torch.no_grad():
-                fake = self.generator(self.sample_z(n))
-            s_real, s_fake = self._scores(real, fake)
+                z = self.sample_z(n)
+                y_fake = self.sample_labels(n, None)  # uniform classes; None (no draw) if unconditional
+                fake = self.generator(z, y_fake)
+            s_real, s_fake = self._scores(real, fake, y_real, y_fake)
             d_loss = discriminator_loss(self.loss_name, s_real, s_fake)
             if self.loss_name == "wgan_gp":
-                gp = gradient_penalty(self.discriminator, real, fake)
+                gp = gradient_penalty(partial(self.discriminator, labels=y_real), real, fake)
                 d_loss = d_loss + self.hparams.gp_weight * gp
                 self.log(TRAIN_GP, gp.detach(), prog_bar=False)
             self._step_player(opt_d, d_loss)
@@ -231,7 +256,9 @@ class GAN(GenerativeModel):
         # ---- generator (every n_critic-th discriminator step)
         if int(self.num_d_steps) % self.hparams.n_critic == 0:
             with self.toggled_optimizer(opt_g):
-                s_gen = self.discriminator(self.generator(self.sample_z(n)))
+                z = self.sample_z(n)
+                y_gen = self.sample_labels(n, None)
+                s_gen = self.discriminator(self.generator(z, y_gen), y_gen)
                 g_loss = generator_loss(self.loss_name, s_gen)
                 self._step_player(opt_g, g_loss)
             self.num_g_steps += 1
@@ -253,27 +280,40 @@ class GAN(GenerativeModel):
             b_ema.copy_(b)
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        x, _ = batch
+        x, y = batch
         real = self.to_model(x)
-        fake = self.generator(self.sample_z(real.shape[0]))
-        s_real, s_fake = self._scores(real, fake)
         n = real.shape[0]
+        z = self.sample_z(n)
+        y_fake = self.sample_labels(n, None)
+        s_real, s_fake = self._scores(real, self.generator(z, y_fake), self.real_labels(y), y_fake)
         self.log(VAL_LOSS, discriminator_loss(self.loss_name, s_real, s_fake), sync_dist=True, batch_size=n)
         self.log(VAL_D_REAL, s_real.float().mean(), sync_dist=True, batch_size=n)
         self.log(VAL_D_FAKE, s_fake.float().mean(), sync_dist=True, batch_size=n)
 
     # ------------------------------------------------------------------ the contract
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``n`` samples from the EMA generator in eval mode: uint8 ``[n, C, H, W]`` (float32 points in 2-D)."""
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               labels: torch.Tensor | None = None) -> torch.Tensor:
+        """``n`` samples from the EMA generator in eval mode: uint8 ``[n, C, H, W]`` (float32 points in 2-D).
+
+        A class-conditional GAN draws class ``labels[i]`` for sample ``i`` (uniform classes, drawn on
+        ``generator`` after ``z``, when ``labels`` is None); ``z`` does not depend on the labels, so one seed
+        with different labels gives the same noise in different classes.
+        """
         self.check_sample_count(n)
         net = self.generator_ema if self.hparams.ema_decay > 0 else self.generator
+        labels = self.check_labels(labels, n)
+        if n == 0:
+            return self.from_model(torch.zeros(0, *self.data_shape)).cpu()
+        z = self.sample_z(n, generator)
+        if labels is None:
+            labels = self.sample_labels(n, None, generator)
         with eval_mode(net):
             with torch.autocast(device_type=self.device.type, enabled=False):
-                x = net(self.sample_z(n, generator)) if n > 0 else torch.zeros(0, *self.data_shape, device=self.device)
+                x = net(z, labels)
             return self.from_model(x).cpu()
 
-    def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
+    def log_likelihood(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         raise LikelihoodUnavailable(
             "a GAN defines no density over the data (only an implicit sampler), so it has no log-likelihood "
             "or bits/dim; compare it by sample metrics (FID/KID, precision/recall)"
@@ -290,12 +330,19 @@ class GAN(GenerativeModel):
             "eval_mode": True,
             "batchnorm": "running statistics (eval mode)" if len(self.data_shape) == 3 else "none",
             "truncation": "none",
+            "conditioning": self._conditioning(),
             "latent_dim": self.latent_dim,
             "loss": self.loss_name,
             "discriminator_params": sum(p.numel() for p in self.discriminator.parameters()),
             "generator_steps": int(self.num_g_steps),
             "network_evaluations": 1,
         }
+
+    def _conditioning(self) -> str:
+        if not self.class_conditional:
+            return "none"
+        g = "conditional BatchNorm G" if len(self.data_shape) == 3 else "one-hot label input to G"
+        return f"{g}, projection D; labels uniform unless given"
 
     def num_parameters(self) -> int:
         """Parameters of the generator, the network that is sampled (the discriminator is in ``sampler_info``)."""
