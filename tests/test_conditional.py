@@ -220,3 +220,77 @@ def test_guidance_sweep_trades_and_restores_the_weight(digits, tmp_path):
     assert acc[0] < 0.2 < acc[1] < acc[2] and acc[2] >= 0.8  # w / 2 of the samples are of their class
     assert all(p[T.DOMAIN_FD] >= 0 and T.FID not in p for p in sweep)  # FID only where the protocol asks for it
     assert model.current_guidance_scale() == 1.5  # the sampler the record reports is left as configured
+
+
+# ------------------------------------------------------------------------------------------------ bench wiring
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_cond_composes_the_variant_config_and_files_the_run_apart(tmp_path):
+    from genbench import paths
+    from genbench.bench.run import (
+        BenchError,
+        conditional_models,
+        config_files,
+        parse_args,
+        resolve_names,
+        run_identity,
+    )
+
+    configs = paths.configs_dir(None)
+    assert {"ddpm", "gan", "vae", "realnvp"} <= set(conditional_models(configs))
+    files = config_files(configs, "ddpm", "mnist", "quick", class_conditional=True)
+    names = [f"{f.parent.name}/{f.name}" for f in files]
+    # after the model's profile file (its choices win over the profile's), before the shared protocol
+    assert names[-3:] == ["quick/ddpm.yaml", "conditional/ddpm.yaml", "quick/evaluation.yaml"]
+    assert "conditional/ddpm.yaml" not in [f"{f.parent.name}/{f.name}" for f in
+                                           config_files(configs, "ddpm", "mnist", "quick")]
+    with pytest.raises(BenchError, match="no class-conditional variant.*COND=1 works with: ddpm"):
+        config_files(configs, "ldm", "mnist", "quick", class_conditional=True)
+    args, _ = parse_args(["--model", "ddpm", "--class-conditional", "--run-name", "w3", "--runs-dir", str(tmp_path)])
+    run_id, run_dir = run_identity(resolve_names("ddpm", "mnist"), args)
+    assert run_id == "mnist-quick-ddpm-cond-w3-seed0" and run_dir == tmp_path / "mnist" / "quick" / "ddpm-cond-w3" / "seed0"
+
+
+@pytest.mark.parametrize("cond, flag", [("1", True), ("0", False), ("", False)])
+def test_make_cond_passes_the_flag(cond, flag):
+    import subprocess
+
+    out = subprocess.run(["make", "-n", "--no-print-directory", "bench", "MODEL=gan", "PROFILE=smoke", f"COND={cond}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    line = next(x for x in out.stdout.splitlines() if "genbench bench" in x)
+    assert ("--class-conditional" in line) is flag
+
+
+def test_leaderboard_has_a_conditional_section(tmp_path):
+    from test_leaderboard import _record
+
+    from genbench import paths
+    from genbench.bench import leaderboard, plots
+    from genbench.bench.record import write_record
+
+    res = tmp_path / "benchmarks" / "results"
+    sweep = [{"scale": w, "n": 40, "fid": 50.0 - 5 * w, "domain_fd": 9.0, "accuracy": 0.5 + 0.1 * w} for w in (0, 1, 2)]
+    cond = _record("ddpm-cond", "diffusion", 1.5, 60.0, metrics={
+        T.BPD_CONDITIONAL: {"value": 1.496, "stderr": 0.01, "n": 100, "per_class": [1.5] * 10},
+        T.LABEL_INFORMATION: {"value": 0.004, "stderr": 0.0001, "bound": 0.00424, "within_bound": True},
+        T.CONDITIONAL_ACCURACY: {"value": 0.91, "classes_produced": 10, "num_classes": 10, "n": 100,
+                                 "per_class": [0.9] * 10},
+        T.CLASS_FD: {"value": 12.5, "floor": 3.25, "n_per_class": 10}, T.GUIDANCE_SWEEP: sweep})
+    cond.model_info["class_conditional"] = True
+    cond.artifacts["class_grid"] = "class_grids/digits-smoke-ddpm-cond-seed0.png"
+    plain = _record("ddpm", "diffusion", 1.5, 60.0)
+    for r in (cond, plain):
+        write_record(r, res)
+        plots.save_sample_grid(torch.zeros(4, 1, 8, 8, dtype=torch.uint8), res / r.artifacts["sample_grid"], levels=17)
+    plots.save_sample_grid(torch.zeros(100, 1, 8, 8, dtype=torch.uint8), res / cond.artifacts["class_grid"],
+                           levels=17, nrow=10)
+    md, page = leaderboard.build(res, tmp_path / "benchmarks", paths.reference_file())
+    text = md.read_text()
+    assert text.count("### Class-conditional") == 1
+    row = next(x for x in text.splitlines() if x.startswith("| ddpm-cond | 1.500"))
+    assert "1.496 ± 0.010" in row and "+0.0040 ± 0.0001 (✓ ≤ 0.0042)" in row and "0.910 (10/10 classes, n=100)" in row
+    assert "12.5 (3.2 @10/class)" in row and "bits/dim \\| y" in text  # a bar inside a cell is escaped
+    assert "![ddpm-cond](results/class_grids/digits-smoke-ddpm-cond-seed0.png)" in text
+    assert (tmp_path / "benchmarks" / "leaderboard_files" / "digits-smoke-guidance.png").is_file()
+    assert "Class-conditional" in page.read_text() and "guidance" in page.read_text()

@@ -136,3 +136,50 @@ def test_likelihood_is_full_precision_under_autocast(name, digits):
         low = model.log_likelihood(x)
     assert low.dtype == torch.float64
     assert torch.allclose(low, ref, rtol=1e-5, atol=1e-5), (low - ref).abs().max()
+
+
+# ------------------------------------------------------------------------------------------------ class-conditional
+COND_MODELS = sorted(p.stem for p in (ROOT / "configs" / "conditional").glob("*.yaml"))
+
+
+def conditional_smoke_model(name: str, dm: GenDataModule) -> GenerativeModel:
+    """The smoke model with ``configs/conditional/<name>.yaml`` applied (what ``COND=1`` composes)."""
+    model = smoke_model(name, dm)
+    cond = yaml.safe_load((ROOT / "configs" / "conditional" / f"{name}.yaml").read_text())["model"]["init_args"]
+    torch.manual_seed(0)
+    return type(model)(**{**dict(model.hparams), **cond})
+
+
+def test_every_family_has_a_conditional_variant():
+    assert {"ddpm", "vae", "realnvp", "gan"} <= set(COND_MODELS)
+
+
+@pytest.mark.parametrize("name", COND_MODELS)
+def test_conditional_contract(name, digits):
+    from genbench.capabilities import CLASS_CONDITIONAL
+
+    model = conditional_smoke_model(name, digits)
+    assert CLASS_CONDITIONAL in model.capabilities and model.describe()["class_conditional"] is True
+    assert CLASS_CONDITIONAL not in smoke_model(name, digits).capabilities
+    labels = torch.tensor([0, 3, 3, 9, 5])
+    model.train()
+    x = model.sample(5, generator=torch.Generator().manual_seed(3), labels=labels)
+    assert model.training and x.dtype == torch.uint8 and x.shape == (5, 1, 8, 8) and int(x.max()) <= 16
+    assert torch.equal(x, model.sample(5, generator=torch.Generator().manual_seed(3), labels=labels))
+    assert model.sample(4, generator=torch.Generator().manual_seed(3)).shape == (4, 1, 8, 8)  # uniform labels
+    with pytest.raises(ValueError, match="classes 0..9"):
+        model.sample(2, labels=torch.tensor([0, 10]))
+    with pytest.raises(ValueError, match="unconditional"):
+        smoke_model(name, digits).sample(2, labels=torch.tensor([0, 1]))
+    xt, yt = digits.split("test")
+    xt, yt = xt[:6], yt[:6]
+    if model.likelihood_kind == LIKELIHOOD_NONE:
+        with pytest.raises(LikelihoodUnavailable):
+            model.log_likelihood(xt, yt)
+        return
+    given = model.log_likelihood(xt, yt)
+    marginal = model.log_likelihood(xt)
+    for ll in (given, marginal):
+        assert ll.dtype == torch.float64 and ll.shape == (6,) and torch.isfinite(ll).all() and (ll < 0).all()
+    with pytest.raises(ValueError, match="shape"):
+        model.log_likelihood(xt, yt[:3])

@@ -12,7 +12,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from genbench.capabilities import CLASS_CONDITIONAL, DATA_KINDS, GUIDANCE, IMAGES, LIKELIHOOD, POINTS, SAMPLER_STEPS
+from genbench.capabilities import (
+    CLASS_CONDITIONAL,
+    DATA_KINDS,
+    GUIDANCE,
+    IMAGES,
+    LIKELIHOOD,
+    POINTS,
+    SAMPLER_STEPS,
+)
 
 
 @dataclass(frozen=True)

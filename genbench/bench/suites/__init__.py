@@ -12,7 +12,11 @@ from typing import Any
 
 from genbench.bench.config import EvalConfig
 from genbench.bench.suites.base import Suite, SuiteConfigError
-from genbench.bench.suites.conditional import ConditionalLikelihoodSuite, ConditionalSamplesSuite, GuidanceSweepSuite
+from genbench.bench.suites.conditional import (
+    ConditionalLikelihoodSuite,
+    ConditionalSamplesSuite,
+    GuidanceSweepSuite,
+)
 from genbench.bench.suites.domain import DomainSuite
 from genbench.bench.suites.extraction import ExtractionSuite
 from genbench.bench.suites.inception_quality import InceptionQualitySuite
