@@ -62,8 +62,8 @@ def context_maps(context: torch.Tensor | None, like: torch.Tensor) -> list[torch
     concatenation to the input of an s/t network."""
     if context is None:
         return []
-    n, _, h, w = like.shape
-    return [context.to(like.dtype).view(n, -1, 1, 1).expand(-1, -1, h, w)]
+    h, w = like.shape[2:]
+    return [context.to(like.dtype)[:, :, None, None].expand(-1, -1, h, w)]
 
 
 def checkerboard_mask(height: int, width: int, parity: int, device=None, dtype=torch.float32) -> torch.Tensor:
