@@ -30,6 +30,8 @@ unconditional one's. ``conditional_couplings=True`` also feeds the class (a one-
 pixels as extra input channels) to every s/t network, so f depends on y: the marginal is still exact, but
 needs one flow pass per class (K times the cost of scoring). With several dequantization draws the marginal
 is taken per draw and then averaged, the same Jensen bound on the discrete likelihood as without labels.
+Training minimises -log p(x | y) with the batch's labels, and the logged ``train``/``val``/``test`` bits/dim of
+a conditional model are of p(x | y) too; the marginal is what the evaluation's likelihood columns report.
 
 2-D points (the toy2d densities, ``num_levels == 0``): an MLP-coupling flow on the raw points;
 ``log_likelihood`` is the continuous log-density in nats, compared with the density's true entropy.
