@@ -81,6 +81,32 @@ def test_smoke_bench_end_to_end(model, bench_dir):
     assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
 
 
+# the GAN is the cheapest variant to sample; the DDPM's (with its guidance sweep) runs with `make test-all`
+@pytest.mark.parametrize("model", ["gan", pytest.param("ddpm", marks=pytest.mark.slow)])
+def test_class_conditional_bench_end_to_end(model, bench_dir):
+    out = bench(bench_dir, model, "--class-conditional")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rec = {r.model: r for r in load_records(bench_dir / "results")}[f"{model}-cond"]
+    assert rec.run_id == f"mnist-smoke-{model}-cond-seed0" and rec.model_info["class_conditional"] is True
+    assert rec.config["model"]["init_args"]["class_conditional"] is True
+    acc, fd = rec.metrics["conditional_accuracy"], rec.metrics["class_fd"]
+    per_class = rec.evaluation["conditional_samples_per_class"]
+    assert acc["n"] == 10 * per_class and len(acc["per_class"]) == 10 and 0 <= acc["value"] <= 1
+    assert fd["classes_scored"] == 10 and fd["value"] > 0 and fd["floor"] > 0
+    if model == "gan":
+        assert rec.metrics["bpd_conditional"]["available"] is False
+    else:
+        assert rec.metrics["bpd_conditional"]["n"] == rec.metrics["bpd"]["n"]
+        assert rec.metrics["label_information"]["bound"] == pytest.approx(math.log2(10) / 784)
+        assert [p["scale"] for p in rec.metrics["guidance_sweep"]] == [0.0, 1.0, 2.0, 3.0, 5.0]
+    with Image.open(bench_dir / "results" / rec.artifacts["class_grid"]) as im:  # one row of 10 per class
+        assert im.size == (10 * 29 + 1, 10 * 29 + 1)
+    board = (bench_dir / "leaderboard.md").read_text()
+    assert "### Class-conditional" in board and f"| {model}-cond |" in board
+    runs = list((bench_dir / "runs").glob(f"mnist/smoke/{model}-cond/seed0/wandb/offline-run-*"))
+    assert any("samples_per_class" in p for p in read_offline_run(runs[0])["images"])
+
+
 def test_wandb_offline_run_has_metrics_and_images(bench_dir):
     runs = sorted((bench_dir / "runs").glob("mnist/smoke/*/seed0/wandb/offline-run-*"))
     if not runs:
