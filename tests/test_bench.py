@@ -101,6 +101,9 @@ def test_class_conditional_bench_end_to_end(model, bench_dir):
         assert [p["scale"] for p in rec.metrics["guidance_sweep"]] == [0.0, 1.0, 2.0, 3.0, 5.0]
     with Image.open(bench_dir / "results" / rec.artifacts["class_grid"]) as im:  # one row of 10 per class
         assert im.size == (10 * 29 + 1, 10 * 29 + 1)
+    grids = sorted((bench_dir / "runs" / "mnist" / "smoke" / f"{model}-cond" / "seed0" / "samples").glob("*.png"))
+    with Image.open(grids[-1]) as im:  # the grids logged during training: a row of 8 per class
+        assert im.size == (8 * 29 + 1, 10 * 29 + 1)
     board = (bench_dir / "leaderboard.md").read_text()
     assert "### Class-conditional" in board and f"| {model}-cond |" in board
     runs = list((bench_dir / "runs").glob(f"mnist/smoke/{model}-cond/seed0/wandb/offline-run-*"))

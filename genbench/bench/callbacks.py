@@ -54,7 +54,10 @@ class TrainThroughput(L.Callback):
 
 
 class SampleGrid(L.Callback):
-    """After each validation: a fixed-seed sample grid saved under ``dirpath`` and sent to the logger."""
+    """After each validation: a fixed-seed sample grid saved under ``dirpath`` and sent to the logger; for a
+    class-conditional model one row of ``CONDITIONAL_COLUMNS`` samples per class (class 0 at the top)."""
+
+    CONDITIONAL_COLUMNS = 8
 
     def __init__(self, dirpath: Path, n: int = 64, seed: int = 0) -> None:
         self.dirpath = Path(dirpath)
@@ -64,9 +67,16 @@ class SampleGrid(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        samples = pl_module.sample(self.n, generator=torch.Generator().manual_seed(self.seed))
+        generator = torch.Generator().manual_seed(self.seed)
+        nrow = None
+        if pl_module.class_conditional and not pl_module.is_continuous:
+            nrow = self.CONDITIONAL_COLUMNS
+            labels = torch.arange(pl_module.num_classes).repeat_interleave(nrow)
+            samples = pl_module.sample(len(labels), generator=generator, labels=labels)
+        else:
+            samples = pl_module.sample(self.n, generator=generator)
         path = save_sample_grid(samples, self.dirpath / f"step{trainer.global_step:07d}.png",
-                                title=f"step {trainer.global_step}", levels=max(pl_module.num_levels, 2))
+                                title=f"step {trainer.global_step}", levels=max(pl_module.num_levels, 2), nrow=nrow)
         for logger in trainer.loggers:
             if hasattr(logger, "log_image"):
                 logger.log_image(key="samples", images=[str(path)], step=trainer.global_step)
