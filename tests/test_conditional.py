@@ -294,3 +294,14 @@ def test_leaderboard_has_a_conditional_section(tmp_path):
     assert "![ddpm-cond](results/class_grids/digits-smoke-ddpm-cond-seed0.png)" in text
     assert (tmp_path / "benchmarks" / "leaderboard_files" / "digits-smoke-guidance.png").is_file()
     assert "Class-conditional" in page.read_text() and "guidance" in page.read_text()
+
+
+def test_the_training_curve_leaves_the_conditional_metrics_out(digits, tmp_path):
+    from genbench.bench.curve import curve_protocol
+
+    cfg = curve_protocol(_cfg(guidance_scales=[0.0, 1.0], curve_points=3))
+    assert not cfg.conditional_metrics and cfg.guidance_scales == []
+    chosen = [s.name for s, _ in select(ClassCopyModel(digits), cfg)]
+    assert not {"conditional_likelihood", "conditional_samples", "guidance_sweep"} & set(chosen)
+    out = evaluate(ClassPixelModel(digits), digits, cfg, progress=False, cache_dir=str(tmp_path))
+    assert T.BPD in out and not {T.BPD_CONDITIONAL, T.CONDITIONAL_ACCURACY, T.CLASS_FD} & set(out)

@@ -45,6 +45,9 @@ class EvalConfig:
         curve_samples: samples scored at each curve point by the domain metric (and FID with ``curve_fid``).
         curve_likelihood_images: test images (the first ones) scored for bits/dim at each curve point.
         curve_fid: also compute Inception FID at each curve point (minutes per point on a CPU).
+        conditional_metrics: class-conditional models only: score what conditioning promises (``bpd_conditional``
+            and ``label_information``, the accuracy and per-class FD, the guidance sweep); off in the training
+            curve's reduced protocol.
         conditional_samples_per_class: class-conditional models only: samples drawn for each class (labels
             given, seed ``seed``) and scored by the domain classifier: conditional accuracy, per-class
             Fréchet distance; 0 skips these (:mod:`genbench.bench.suites.conditional`).
@@ -72,6 +75,7 @@ class EvalConfig:
     curve_samples: int = 256
     curve_likelihood_images: int = 256
     curve_fid: bool = False
+    conditional_metrics: bool = True
     conditional_samples_per_class: int = 100
     guidance_scales: list[float] = field(default_factory=list)
     guidance_num_samples: int = 250

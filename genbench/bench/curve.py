@@ -29,7 +29,8 @@ def curve_protocol(cfg: EvalConfig) -> EvalConfig:
     """The reduced evaluation protocol of one curve point."""
     return replace(cfg, num_samples=cfg.curve_samples, likelihood_subset=cfg.curve_likelihood_images,
                    sample_metrics=["domain"] + (["fid"] if cfg.curve_fid else []),
-                   memorization_samples=0, sampler_steps_sweep=[], curve_points=0)
+                   memorization_samples=0, sampler_steps_sweep=[], curve_points=0, conditional_metrics=False,
+                   guidance_scales=[])
 
 
 def _value(metrics: dict[str, Any], key: str, field: str = "value") -> float | None:

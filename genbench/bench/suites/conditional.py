@@ -51,6 +51,9 @@ class ConditionalLikelihoodSuite(BitsPerDimSuite):
     def applies_to(self, model: Any) -> bool:
         return _conditional(model)
 
+    def requested(self, cfg: EvalConfig) -> bool:
+        return cfg.conditional_metrics and super().requested(cfg)
+
     def functions(self, model: Any) -> dict[str | None, Any]:
         return {None: lambda x, y: model.log_likelihood(x, y.to(torch.int64))}
 
@@ -89,7 +92,7 @@ class ConditionalSamplesSuite(Suite):
         return _conditional(model)
 
     def requested(self, cfg: EvalConfig) -> bool:
-        return cfg.conditional_samples_per_class > 0
+        return cfg.conditional_metrics and cfg.conditional_samples_per_class > 0
 
     def run(self, ctx: EvalContext) -> dict[str, Any]:
         model, cfg, dm = ctx.model, ctx.cfg, ctx.datamodule
@@ -129,7 +132,7 @@ class GuidanceSweepSuite(Suite):
     per_rank = True
 
     def requested(self, cfg: EvalConfig) -> bool:
-        return bool(cfg.guidance_scales)
+        return cfg.conditional_metrics and bool(cfg.guidance_scales)
 
     def missing_capability_error(self, model: Any, missing: set[str]) -> str:
         return (f"evaluation.guidance_scales is set, but {type(model).__name__} has no classifier-free guidance "
