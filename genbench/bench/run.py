@@ -146,7 +146,7 @@ def config_files(configs_dir: Path, model: str, data: str, profile: str,
             raise BenchError(f"MODEL {model!r} has no class-conditional variant (configs/conditional/{model}.yaml); "
                              f"COND=1 works with: {', '.join(conditional_models(configs_dir))}. A model of your own "
                              "takes -- --model.init_args.class_conditional=true instead")
-        if not dataset_spec(data).num_classes or dataset_spec(data).num_classes < 2:
+        if dataset_spec(data).num_classes < 2:
             raise BenchError(f"DATA {data!r} has no class labels, so there is nothing to condition on; "
                              "COND=1 needs a labelled dataset such as mnist or fashion_mnist")
         files.append(configs_dir / "conditional" / f"{model}.yaml")

@@ -145,6 +145,9 @@ class GuidanceSweepSuite(Suite):
         labels = class_labels(k, n)
         with_fid = "fid" in cfg.sample_metrics
         original = model.current_guidance_scale()
+        if ctx.ranks.is_zero:  # the real images' classifier features, shared by every weight
+            domain = ctx.domain_extractor()
+            ref_feats_d, _ = domain(dm.split(cfg.reference_split)[0][:n])
         sweep: list[dict[str, Any]] = []
         try:
             for scale in cfg.guidance_scales:
@@ -162,10 +165,7 @@ class GuidanceSweepSuite(Suite):
                     ref_feats, n_ref = ctx.reference_features(n)
                     point[T.FID] = fidelity.fid_from_features(feats, ref_feats)
                     point["n_reference"] = n_ref
-                domain = ctx.domain_extractor()
                 d_feats, probs = domain(samples)
-                ref = dm.split(cfg.reference_split)[0][:n]
-                ref_feats_d, _ = domain(ref)
                 point[T.DOMAIN_FD] = fidelity.fid_from_features(d_feats, ref_feats_d)
                 point["accuracy"] = conditional_accuracy(probs, labels, k)["value"]
                 sweep.append(point)

@@ -121,11 +121,6 @@ def draw_samples(model: Any, cfg: EvalConfig, n_total: int, ranks: Ranks, progre
     return samples, info
 
 
-def balanced_labels(num_classes: int, per_class: int) -> torch.Tensor:
-    """int64 ``[num_classes * per_class]``: ``per_class`` of each class, class-major (0, 0, ..., 1, 1, ...)."""
-    return torch.arange(num_classes, dtype=torch.int64).repeat_interleave(per_class)
-
-
 def floor_subset(datamodule: Any, cfg: EvalConfig, n: int) -> tuple[int, torch.Tensor]:
     """The real-vs-real floor's images and their start: ``n`` training images disjoint from the reference
     images (``train[n:2n]`` when the reference split is ``train``, else ``train[:n]``)."""
